@@ -1,0 +1,5 @@
+//! Client-side subcommands of the binary (`stats`), kept in the library so
+//! `main.rs` only parses arguments.
+
+pub mod fetch;
+pub mod stats;

@@ -1,0 +1,271 @@
+//! Everything served over plain HTTP on the node's port: the WebSocket
+//! upgrade, the stats and events API, metrics and health checks.
+
+use crate::bus::Event;
+use crate::context::Ctx;
+use crate::protocol::Vsn;
+use crate::stats;
+use crate::transport::handshake;
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+/// Largest body accepted by the write API.
+pub const MAX_BODY: usize = 1 << 20;
+/// Most events in one `POST /api/events`.
+pub const MAX_BATCH: usize = 1000;
+
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new()
+        .route("/socket/websocket", get(upgrade))
+        .route("/api/stats", get(local_stats))
+        .route("/api/stats/cluster", get(cluster_stats))
+        .route("/api/events", post(events))
+        .route("/api/broadcast", post(broadcast))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
+        .with_state(ctx)
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    json(status, serde_json::json!({ "error": message }).to_string())
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return s.into();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
+}
+
+/// `GET /socket/websocket`: checks `vsn`, capacity and the handshake, answers
+/// 101 and hands the raw TCP stream to a new session task.
+async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
+    let vsn_param = query_param(req.uri().query(), "vsn");
+    let Some(vsn) = Vsn::from_param(vsn_param.as_deref()) else {
+        return error(StatusCode::FORBIDDEN, "unsupported vsn (use 1.x or 2.x)");
+    };
+    if ctx.draining() {
+        ctx.metrics.sockets_refused.increment(1);
+        return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    let accept = match handshake::accept(req.headers()) {
+        Ok(a) => a,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let Some(slot) = ctx.tally.try_open_socket(ctx.max_connections) else {
+        ctx.metrics.sockets_refused.increment(1);
+        return error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let owner = ctx.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                // A fresh task, so the session's future carries nothing of
+                // the handshake.
+                tokio::spawn(crate::session::run(
+                    owner,
+                    parts.io.into_inner(),
+                    parts.read_buf,
+                    vsn,
+                    slot,
+                ));
+            }
+            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+        }
+    });
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept.accept_key) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = accept.protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    res
+}
+
+async fn local_stats(State(ctx): State<Arc<Ctx>>) -> Response {
+    json(StatusCode::OK, stats::local_stats(&ctx.tally))
+}
+
+async fn cluster_stats(State(ctx): State<Arc<Ctx>>) -> Response {
+    json(StatusCode::OK, ctx.cluster().stats(&ctx).await)
+}
+
+async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ctx.metrics.render(&ctx.tally),
+    )
+        .into_response()
+}
+
+async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
+    if ctx.draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        (StatusCode::OK, "ready").into_response()
+    }
+}
+
+/// Compares in time that depends only on the lengths.
+fn same_key(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
+    }
+    diff == 0
+}
+
+/// Auth, content type and size checks shared by the write routes; returns
+/// the parsed JSON body.
+async fn write_body(ctx: &Ctx, headers: &HeaderMap, body: Body) -> Result<Value, Response> {
+    if let Some(key) = &ctx.config.api_key {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_key(given.as_bytes(), key.as_bytes()) {
+            return Err(error(StatusCode::UNAUTHORIZED, "missing or wrong API key"));
+        }
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/json",
+        ));
+    }
+    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 MiB");
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| too_large())?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")))
+}
+
+/// `POST /api/events`: one event or up to 1000, all or nothing.
+async fn events(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) -> Response {
+    let value = match write_body(&ctx, &headers, body).await {
+        Ok(v) => v,
+        Err(res) => return res,
+    };
+    match Event::batch_from_json(value, MAX_BATCH) {
+        Ok(events) => {
+            ctx.bus.publish_all(&events);
+            json(
+                StatusCode::ACCEPTED,
+                format!("{{\"accepted\":{}}}", events.len()),
+            )
+        }
+        Err(e) => {
+            ctx.metrics.events_rejected.increment(1);
+            error(StatusCode::BAD_REQUEST, &e.0)
+        }
+    }
+}
+
+/// `POST /api/broadcast`: a raw push to any topic.
+async fn broadcast(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) -> Response {
+    let value = match write_body(&ctx, &headers, body).await {
+        Ok(v) => v,
+        Err(res) => return res,
+    };
+    let field = |name: &str| match value.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.as_str()),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("field \"{name}\" must be a non-empty string"),
+        )),
+    };
+    let (topic, event) = match (field("topic"), field("event")) {
+        (Ok(t), Ok(e)) => (t, e),
+        (Err(res), _) | (_, Err(res)) => return res,
+    };
+    let payload = match value.get("payload") {
+        None | Some(Value::Null) => "{}".to_owned(),
+        Some(p) => p.to_string(),
+    };
+    ctx.bus.broadcast(topic, event, &payload);
+    json(StatusCode::ACCEPTED, "{\"accepted\":1}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_key_helpers() {
+        assert_eq!(
+            query_param(Some("token=x&vsn=2.0.0"), "vsn").as_deref(),
+            Some("2.0.0")
+        );
+        assert_eq!(
+            query_param(Some("vsn=1%2E0"), "vsn").as_deref(),
+            Some("1.0")
+        );
+        assert_eq!(query_param(Some("a=1"), "vsn"), None);
+        assert!(same_key(b"secret", b"secret"));
+        assert!(!same_key(b"secre", b"secret"));
+        assert!(!same_key(b"secrets", b"secret"));
+    }
+}

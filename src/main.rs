@@ -1,0 +1,97 @@
+//! The `headcount` binary: argument parsing and logging set-up only; the
+//! work lives in the library.
+
+use clap::{Parser, Subcommand};
+use headcount::cli::stats::StatsArgs;
+use headcount::config::{Config, LogFormat, ServeArgs};
+use headcount::Server;
+use std::io::Write as _;
+
+#[derive(Parser)]
+#[command(
+    name = "headcount",
+    version,
+    about = "Exact per-topic WebSocket membership counts, over the Phoenix Channels protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a node: WebSocket, HTTP API and metrics on one port.
+    Serve(ServeArgs),
+    /// Print a running node's stats as a table (or JSON).
+    Stats(StatsArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::resolve(args)?;
+            init_logging(config.log_format);
+            runtime.block_on(async {
+                let server = Server::bind(config).await?;
+                println!(
+                    "headcount listening on {} node {}",
+                    server.local_addr(),
+                    server.node()
+                );
+                std::io::stdout().flush()?;
+                tracing::info!(
+                    addr = %server.local_addr(),
+                    node = server.node(),
+                    max_connections = server.max_connections(),
+                    "serving"
+                );
+                server.run(shutdown_signal()).await;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Stats(args) => {
+            let out = runtime.block_on(headcount::cli::stats::run(&args))?;
+            print!("{out}");
+            if !out.ends_with('\n') {
+                println!();
+            }
+        }
+    }
+    // Sockets still lingering must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(())
+}

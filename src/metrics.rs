@@ -1,0 +1,273 @@
+//! Prometheus metrics for one node. Each node owns its own recorder (no
+//! global), so several servers in one process never mix their figures.
+//! Gauges that mirror counts are set from the tally at render time, so
+//! `/metrics` can never disagree with `/api/stats`.
+
+use crate::tally::Tally;
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+static META: Metadata<'static> = Metadata::new("headcount", Level::INFO, Some("headcount"));
+
+/// Why a join was refused (label `reason`).
+#[derive(Clone, Copy, Debug)]
+pub enum JoinRejection {
+    UnmatchedTopic,
+    TooManyChannels,
+    InvalidSubsystem,
+    BadPayload,
+}
+
+/// Why a frame was refused (label `reason`).
+#[derive(Clone, Copy, Debug)]
+pub enum FrameRejection {
+    Malformed,
+    TooLarge,
+    InvalidUtf8,
+    Protocol,
+}
+
+pub const BUILTIN_TOPICS: [&str; 3] = ["patterns:stats", "patterns:stream", "patterns:vsm"];
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    join_rejections: [Counter; 4],
+    frame_rejections: [Counter; 4],
+    pub slow_consumer_closes: Counter,
+    pub idle_timeouts: Counter,
+    pub sockets_refused: Counter,
+    pub events_in: Counter,
+    pub events_rejected: Counter,
+    pub deliveries: Counter,
+    pub relay_in: Counter,
+    pub relay_out: Counter,
+    pub relay_rejected: Counter,
+    pub redis_up: Gauge,
+    pub cluster_nodes: Gauge,
+    pub oldest_node_age: Gauge,
+    pub outbound_queue_high_water: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let counter = |name: &'static str, labels: Vec<Label>, help: &'static str| {
+            recorder.describe_counter(name.into(), None, help.into());
+            recorder.register_counter(&Key::from_parts(name, labels), &META)
+        };
+        let reason = |r: &'static str| vec![Label::new("reason", r)];
+        let join_help = "Joins refused, by reason";
+        let frame_help = "Inbound frames refused, by reason";
+        let m = Metrics {
+            join_rejections: [
+                counter(
+                    "headcount_join_rejections_total",
+                    reason("unmatched_topic"),
+                    join_help,
+                ),
+                counter(
+                    "headcount_join_rejections_total",
+                    reason("too_many_channels"),
+                    join_help,
+                ),
+                counter(
+                    "headcount_join_rejections_total",
+                    reason("invalid_subsystem"),
+                    join_help,
+                ),
+                counter(
+                    "headcount_join_rejections_total",
+                    reason("bad_payload"),
+                    join_help,
+                ),
+            ],
+            frame_rejections: [
+                counter(
+                    "headcount_frames_rejected_total",
+                    reason("malformed"),
+                    frame_help,
+                ),
+                counter(
+                    "headcount_frames_rejected_total",
+                    reason("too_large"),
+                    frame_help,
+                ),
+                counter(
+                    "headcount_frames_rejected_total",
+                    reason("invalid_utf8"),
+                    frame_help,
+                ),
+                counter(
+                    "headcount_frames_rejected_total",
+                    reason("protocol_error"),
+                    frame_help,
+                ),
+            ],
+            slow_consumer_closes: counter(
+                "headcount_slow_consumer_closes_total",
+                vec![],
+                "Sockets closed 1008 because their outbound queue was full",
+            ),
+            idle_timeouts: counter(
+                "headcount_idle_timeouts_total",
+                vec![],
+                "Sockets closed for sending nothing within the idle timeout",
+            ),
+            sockets_refused: counter(
+                "headcount_sockets_refused_total",
+                vec![],
+                "WebSocket upgrades refused at the connection limit or while draining",
+            ),
+            events_in: counter(
+                "headcount_bus_events_in_total",
+                vec![],
+                "Events and broadcasts accepted by the bus on this node",
+            ),
+            events_rejected: counter(
+                "headcount_bus_events_rejected_total",
+                vec![],
+                "Events refused by validation (HTTP or Redis ingress)",
+            ),
+            deliveries: counter(
+                "headcount_bus_deliveries_total",
+                vec![],
+                "Messages queued to subscribers by the bus (events out)",
+            ),
+            relay_in: counter(
+                "headcount_relay_messages_in_total",
+                vec![],
+                "Messages received from other nodes through Redis",
+            ),
+            relay_out: counter(
+                "headcount_relay_messages_out_total",
+                vec![],
+                "Messages published to other nodes through Redis",
+            ),
+            relay_rejected: counter(
+                "headcount_relay_messages_rejected_total",
+                vec![],
+                "Invalid messages received on the Redis events channel",
+            ),
+            redis_up: recorder.register_gauge(&Key::from_name("headcount_redis_up"), &META),
+            cluster_nodes: recorder
+                .register_gauge(&Key::from_name("headcount_cluster_nodes"), &META),
+            oldest_node_age: recorder.register_gauge(
+                &Key::from_name("headcount_cluster_oldest_node_age_seconds"),
+                &META,
+            ),
+            outbound_queue_high_water: recorder.register_gauge(
+                &Key::from_name("headcount_outbound_queue_high_water_messages"),
+                &META,
+            ),
+            recorder,
+            handle,
+        };
+        m.describe_gauges();
+        m
+    }
+
+    fn describe_gauges(&self) {
+        let r = &self.recorder;
+        let g = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            r.describe_gauge(name.into(), unit, help.into())
+        };
+        g("headcount_sockets", None, "Open WebSocket connections");
+        g(
+            "headcount_memberships",
+            None,
+            "Channel memberships on this node",
+        );
+        g(
+            "headcount_topic_memberships",
+            None,
+            "Memberships of each built-in topic",
+        );
+        g("headcount_topics", None, "Topics with at least one member");
+        g(
+            "headcount_redis_up",
+            None,
+            "1 when the Redis connection works (cluster mode)",
+        );
+        g(
+            "headcount_cluster_nodes",
+            None,
+            "Live nodes in the last cluster read",
+        );
+        g(
+            "headcount_cluster_oldest_node_age_seconds",
+            Some(Unit::Seconds),
+            "Age of the oldest node figures in the last cluster read",
+        );
+        g(
+            "headcount_outbound_queue_high_water_messages",
+            None,
+            "Deepest outbound queue seen on any socket",
+        );
+        g(
+            "headcount_process_resident_memory_bytes",
+            Some(Unit::Bytes),
+            "Resident set size",
+        );
+        r.describe_counter(
+            "headcount_joins_total".into(),
+            None,
+            "Memberships started".into(),
+        );
+        r.describe_counter(
+            "headcount_leaves_total".into(),
+            None,
+            "Memberships ended, by any path".into(),
+        );
+    }
+
+    pub fn join_rejected(&self, why: JoinRejection) {
+        self.join_rejections[why as usize].increment(1);
+    }
+
+    pub fn frame_rejected(&self, why: FrameRejection) {
+        self.frame_rejections[why as usize].increment(1);
+    }
+
+    /// Records a queue depth; the gauge keeps the highest seen.
+    pub fn queue_depth(&self, depth: usize, high_water: &std::sync::atomic::AtomicUsize) {
+        let prev = high_water.fetch_max(depth, std::sync::atomic::Ordering::Relaxed);
+        if depth > prev {
+            self.outbound_queue_high_water.set(depth as f64);
+        }
+    }
+
+    /// Prometheus text, with count gauges read from the tally right now.
+    pub fn render(&self, tally: &Tally) -> String {
+        let snap = tally.snapshot();
+        let gauge = |name: &'static str, labels: Vec<Label>| {
+            self.recorder
+                .register_gauge(&Key::from_parts(name, labels), &META)
+        };
+        gauge("headcount_sockets", vec![]).set(snap.socket_count as f64);
+        gauge("headcount_memberships", vec![]).set(snap.connection_count as f64);
+        gauge("headcount_topics", vec![]).set(snap.topic_count as f64);
+        for topic in BUILTIN_TOPICS {
+            gauge(
+                "headcount_topic_memberships",
+                vec![Label::new("topic", topic)],
+            )
+            .set(tally.count(topic) as f64);
+        }
+        let counter =
+            |name: &'static str| self.recorder.register_counter(&Key::from_name(name), &META);
+        let (joins, leaves) = tally.totals();
+        counter("headcount_joins_total").absolute(joins);
+        counter("headcount_leaves_total").absolute(leaves);
+        gauge("headcount_process_resident_memory_bytes", vec![])
+            .set(crate::stats::rss_bytes() as f64);
+        self.handle.render()
+    }
+}

@@ -1,0 +1,485 @@
+//! One socket's life, in one task: reading and decoding its frames, running
+//! its joins and leaves, answering its requests, writing what its outbox
+//! holds, and closing it. The session owns its memberships; when it ends,
+//! for whatever reason, dropping them counts them down.
+//!
+//! Memory is what limits how many sockets a node holds, so an idle session
+//! keeps no buffers: reads go through a stack buffer and only an incomplete
+//! frame is kept; writes go through a per-thread scratch buffer and only
+//! bytes the kernel would not take yet are kept.
+
+use crate::channels::{self, Channel, Handled};
+use crate::context::{Ctx, Registration};
+use crate::hub::Subscription;
+use crate::metrics::{FrameRejection, JoinRejection};
+use crate::outbox::{CloseReason, Outbox};
+use crate::protocol::{self, reason, Inbound, JsonRef, Malformed, Vsn};
+use crate::tally::{Membership, SocketSlot};
+use crate::transport::codec::{self, close, Decoder, WsMessage};
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// How long a closing socket may take to flush its goodbye and hear the peer's.
+const LINGER: Duration = Duration::from_secs(1);
+const READ_CHUNK: usize = 8192;
+
+thread_local! {
+    /// Frames for one write are assembled here, so sockets own no write buffer.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How the session ends.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// The peer vanished (EOF, reset): nothing more can be said.
+    Gone,
+    /// The peer sent a close frame: echo its code.
+    PeerClose(Option<u16>),
+    /// This server closes with a code and a reason.
+    Close(u16, &'static str),
+}
+
+/// One membership: the join_ref it was made with, and the values whose drop
+/// ends it in the tally and in the hub.
+struct Joined {
+    join_ref: JsonRef,
+    channel: Channel,
+    membership: Membership,
+    _subscription: Subscription,
+}
+
+struct Session {
+    ctx: Arc<Ctx>,
+    vsn: Vsn,
+    outbox: Arc<Outbox>,
+    joined: Vec<Joined>,
+    pongs: Vec<Bytes>,
+    last_seen: Instant,
+    end: Option<End>,
+    registration: Registration,
+    _slot: SocketSlot,
+}
+
+/// Runs a socket from just after its 101 response until it is closed.
+/// `prelude` holds bytes the HTTP layer had already read past the handshake.
+pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Bytes, vsn: Vsn, slot: SocketSlot) {
+    let outbox = Arc::new(Outbox::new(ctx.config.outbound_queue));
+    let registration = ctx.register(outbox.clone());
+    if ctx.draining() {
+        outbox.close(CloseReason::Shutdown);
+    }
+    let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
+    let mut s = Session {
+        ctx,
+        vsn,
+        outbox,
+        joined: Vec::new(),
+        pongs: Vec::new(),
+        last_seen: Instant::now(),
+        end: None,
+        registration,
+        _slot: slot,
+    };
+    let mut decoder = Decoder::default();
+    let mut pending: Vec<u8> = Vec::new();
+    if !prelude.is_empty() {
+        let mut bytes = prelude.to_vec();
+        s.feed(&mut decoder, &mut bytes);
+    }
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+    loop {
+        if s.end.is_none() {
+            if let Err(_e) = s.flush(&stream, &mut pending) {
+                s.end = Some(End::Gone);
+            }
+        }
+        if s.end.is_some() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = s.outbox.ready() => {}
+            ready = stream.readable() => match ready {
+                Ok(()) => s.read(&stream, &mut decoder),
+                Err(_) => s.end = Some(End::Gone),
+            },
+            ready = stream.writable(), if !pending.is_empty() => match ready {
+                Ok(()) => {
+                    if write_some(&stream, &mut pending).is_err() {
+                        s.end = Some(End::Gone);
+                    }
+                }
+                Err(_) => s.end = Some(End::Gone),
+            },
+            _ = &mut sleep => {
+                let deadline = s.last_seen + idle;
+                if Instant::now() >= deadline {
+                    s.ctx.metrics.idle_timeouts.increment(1);
+                    s.end = Some(End::Close(close::NORMAL, "idle timeout"));
+                } else {
+                    sleep.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+    let end = s.end.unwrap_or(End::Gone);
+    tracing::debug!(socket = s.registration.id(), ?end, "socket closing");
+    // Every membership and the socket itself stop counting here, before any
+    // goodbye is written.
+    drop(s);
+    goodbye(stream, pending, end).await;
+}
+
+/// Writes the close frame (after what is still pending), then waits briefly
+/// for the peer to close so the kernel does not reset the connection.
+async fn goodbye(stream: TcpStream, mut pending: Vec<u8>, end: End) {
+    let frame = match end {
+        End::Gone => return,
+        End::PeerClose(Some(code)) => (code, ""),
+        End::PeerClose(None) => (close::NORMAL, ""),
+        End::Close(code, why) => (code, why),
+    };
+    codec::write_close(&mut pending, frame.0, frame.1);
+    let deadline = Instant::now() + LINGER;
+    while !pending.is_empty() {
+        match tokio::time::timeout_at(deadline, stream.writable()).await {
+            Ok(Ok(())) => {
+                if write_some(&stream, &mut pending).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+    let mut stream = stream;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+    let mut sink = [0u8; 512];
+    loop {
+        match tokio::time::timeout_at(
+            deadline,
+            tokio::io::AsyncReadExt::read(&mut stream, &mut sink),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Writes as much of `pending` as the kernel takes now.
+fn write_some(stream: &TcpStream, pending: &mut Vec<u8>) -> io::Result<()> {
+    let mut at = 0;
+    while at < pending.len() {
+        match stream.try_write(&pending[at..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    pending.drain(..at);
+    if pending.is_empty() {
+        *pending = Vec::new();
+    }
+    Ok(())
+}
+
+impl Session {
+    fn read(&mut self, stream: &TcpStream, decoder: &mut Decoder) {
+        let mut buf = [0u8; READ_CHUNK];
+        match stream.try_read(&mut buf) {
+            Ok(0) => self.end = Some(End::Gone),
+            Ok(n) => {
+                self.last_seen = Instant::now();
+                self.feed(decoder, &mut buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.end = Some(End::Gone),
+        }
+    }
+
+    fn feed(&mut self, decoder: &mut Decoder, bytes: &mut [u8]) {
+        let max = self.ctx.config.max_frame_bytes;
+        if let Err(v) = decoder.feed(bytes, max, &mut |m| self.on_message(m)) {
+            let why = match v.code {
+                close::TOO_BIG => FrameRejection::TooLarge,
+                close::INVALID_DATA => FrameRejection::InvalidUtf8,
+                _ => FrameRejection::Protocol,
+            };
+            self.ctx.metrics.frame_rejected(why);
+            self.end = Some(End::Close(v.code, v.reason));
+        }
+    }
+
+    fn on_message(&mut self, message: WsMessage<'_>) -> bool {
+        match message {
+            WsMessage::Text(text) => self.inbound(protocol::decode_text(self.vsn, text)),
+            WsMessage::Binary(data) => self.inbound(protocol::decode_binary(self.vsn, data)),
+            WsMessage::Ping(data) => {
+                if self.pongs.len() < 16 {
+                    self.pongs.push(Bytes::copy_from_slice(data));
+                }
+            }
+            WsMessage::Pong => {}
+            WsMessage::Close(code) => self.end = Some(End::PeerClose(code)),
+        }
+        self.end.is_none()
+    }
+
+    fn inbound(&mut self, decoded: Result<Inbound, Malformed>) {
+        match decoded {
+            Ok(message) => self.dispatch(message),
+            Err(bad) => {
+                self.ctx.metrics.frame_rejected(FrameRejection::Malformed);
+                if let (Some(topic), Some(reference)) = (bad.topic, bad.reference) {
+                    let body = reason("malformed message");
+                    self.reply(bad.join_ref.as_ref(), &reference, &topic, false, &body);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, m: Inbound) {
+        if m.topic == "phoenix" && m.event == "heartbeat" {
+            self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
+            return;
+        }
+        if m.event == "phx_join" {
+            self.join(m);
+            return;
+        }
+        let Some(i) = self.position(&m.topic) else {
+            if m.event == "phx_leave" {
+                self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
+            } else {
+                let body = reason("unmatched topic");
+                self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, false, &body);
+            }
+            return;
+        };
+        if let Some(join_ref) = &m.join_ref {
+            if !join_ref.is_null() && *join_ref != self.joined[i].join_ref {
+                return; // a message for an earlier membership of this topic
+            }
+        }
+        if m.event == "phx_leave" {
+            let old = self.joined.swap_remove(i);
+            let old_ref = old.join_ref.clone();
+            drop(old);
+            self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
+            self.push_close(&m.topic, &old_ref);
+            return;
+        }
+        let (channel, join_ref) = (self.joined[i].channel, self.joined[i].join_ref.clone());
+        match channels::handle(&self.ctx, channel, &m.topic, &m.event, &m.payload) {
+            Handled::Now(answer) => {
+                self.reply(
+                    m.join_ref.as_ref(),
+                    &m.reference,
+                    &m.topic,
+                    answer.ok,
+                    &answer.body,
+                );
+                if let Some(event) = answer.push {
+                    self.push(Some(&join_ref), &m.topic, event, &answer.body);
+                }
+            }
+            Handled::Later(work) => {
+                let (outbox, vsn) = (self.outbox.clone(), self.vsn);
+                tokio::spawn(async move {
+                    let answer = work.await;
+                    let reply = protocol::encode_reply(
+                        vsn,
+                        m.join_ref.as_ref(),
+                        &m.reference,
+                        &m.topic,
+                        answer.ok,
+                        &answer.body,
+                    );
+                    outbox.push(reply);
+                    if let Some(event) = answer.push {
+                        outbox.push(protocol::encode(
+                            vsn,
+                            Some(&join_ref),
+                            None,
+                            &m.topic,
+                            event,
+                            &answer.body,
+                        ));
+                    }
+                });
+            }
+        }
+    }
+
+    fn join(&mut self, m: Inbound) {
+        let ctx = self.ctx.clone();
+        let Some(channel) = channels::route(&ctx, &m.topic) else {
+            ctx.metrics.join_rejected(JoinRejection::UnmatchedTopic);
+            let body = reason("unmatched topic");
+            self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, false, &body);
+            return;
+        };
+        // A second join of the same topic ends the first membership first.
+        if let Some(i) = self.position(&m.topic) {
+            let old = self.joined.swap_remove(i);
+            let old_ref = old.join_ref.clone();
+            drop(old);
+            self.push_close(&m.topic, &old_ref);
+        }
+        let tag = match channels::params(&m.payload).and_then(|p| channels::join(channel, &p)) {
+            Ok(tag) => tag,
+            Err(refusal) => {
+                ctx.metrics.join_rejected(refusal.metric);
+                self.reply(
+                    m.join_ref.as_ref(),
+                    &m.reference,
+                    &m.topic,
+                    false,
+                    &refusal.reason,
+                );
+                return;
+            }
+        };
+        if self.joined.len() >= ctx.config.max_channels_per_socket {
+            ctx.metrics.join_rejected(JoinRejection::TooManyChannels);
+            let body = reason("too many channels joined");
+            self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, false, &body);
+            return;
+        }
+        let join_ref = m.join_ref.clone().unwrap_or_else(|| m.reference.clone());
+        let membership = ctx.tally.join(&m.topic);
+        tracing::debug!(node = %ctx.config.node, socket = self.registration.id(), topic = %m.topic, "joined");
+        self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
+        let subscription = ctx.hub.subscribe(
+            membership.topic().clone(),
+            self.registration.id(),
+            self.outbox.clone(),
+            self.vsn,
+            tag,
+        );
+        if let Some((event, payload)) = channels::after_join(&ctx, channel) {
+            self.push(Some(&join_ref), &m.topic, event, &payload);
+        }
+        if self.joined.len() == self.joined.capacity() {
+            self.joined.reserve_exact(1);
+        }
+        self.joined.push(Joined {
+            join_ref,
+            channel,
+            membership,
+            _subscription: subscription,
+        });
+    }
+
+    fn position(&self, topic: &str) -> Option<usize> {
+        self.joined
+            .iter()
+            .position(|j| &**j.membership.topic() == topic)
+    }
+
+    fn reply(
+        &self,
+        join_ref: Option<&JsonRef>,
+        reference: &JsonRef,
+        topic: &str,
+        ok: bool,
+        body: &str,
+    ) {
+        self.outbox.push(protocol::encode_reply(
+            self.vsn, join_ref, reference, topic, ok, body,
+        ));
+    }
+
+    fn push(&self, join_ref: Option<&JsonRef>, topic: &str, event: &str, payload: &str) {
+        self.outbox.push(protocol::encode(
+            self.vsn, join_ref, None, topic, event, payload,
+        ));
+    }
+
+    /// `phx_close` for a membership that ended: V2 carries the join_ref as
+    /// both refs, V1 as its ref (as Phoenix does).
+    fn push_close(&self, topic: &str, join_ref: &JsonRef) {
+        self.outbox.push(protocol::encode(
+            self.vsn,
+            Some(join_ref),
+            Some(join_ref),
+            topic,
+            "phx_close",
+            "{}",
+        ));
+    }
+
+    /// Writes what the outbox holds, or notes a close it asks for.
+    fn flush(&mut self, stream: &TcpStream, pending: &mut Vec<u8>) -> io::Result<()> {
+        if !pending.is_empty() {
+            // The kernel is still full: leave new frames queued (so a peer
+            // that never reads fills its queue) but notice a close request.
+            if let Some(reason) = self.outbox.close_requested() {
+                self.close_for(reason);
+            }
+            return Ok(());
+        }
+        let (queue, close) = self.outbox.take();
+        if let Some(reason) = close {
+            self.close_for(reason);
+            if reason == CloseReason::SlowConsumer {
+                return Ok(());
+            }
+        }
+        if queue.is_empty() && self.pongs.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .metrics
+            .queue_depth(queue.len(), &self.ctx.queue_high_water);
+        SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            buf.clear();
+            for pong in self.pongs.drain(..) {
+                codec::write_frame(&mut buf, codec::OP_PONG, &pong);
+            }
+            for frame in &queue {
+                codec::write_frame(&mut buf, codec::OP_TEXT, frame);
+            }
+            let mut at = 0;
+            let result = loop {
+                if at == buf.len() {
+                    break Ok(());
+                }
+                match stream.try_write(&buf[at..]) {
+                    Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        pending.extend_from_slice(&buf[at..]);
+                        break Ok(());
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::new();
+            }
+            result
+        })?;
+        self.pongs = Vec::new();
+        Ok(())
+    }
+
+    fn close_for(&mut self, reason: CloseReason) {
+        self.end = Some(match reason {
+            CloseReason::SlowConsumer => {
+                self.ctx.metrics.slow_consumer_closes.increment(1);
+                End::Close(close::POLICY, "slow consumer")
+            }
+            CloseReason::Shutdown => End::Close(close::GOING_AWAY, "server shutting down"),
+        });
+    }
+}
