@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod bus;
 pub mod channels;
 pub mod cli;

@@ -24,6 +24,11 @@ enum Command {
     Serve(ServeArgs),
     /// Print a running node's stats as a table (or JSON).
     Stats(StatsArgs),
+    /// Load generator: hold, fanout, query, churn, cluster (loopback only).
+    Bench(headcount::bench::BenchArgs),
+    /// One load-generating worker process, driven by `bench` over stdin/stdout.
+    #[command(hide = true)]
+    BenchWorker,
 }
 
 fn init_logging(format: LogFormat) {
@@ -58,6 +63,16 @@ async fn shutdown_signal() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::BenchWorker = cli.command {
+        // One thread per worker process: the coordinator starts as many
+        // processes as the load needs, and the server keeps the other core.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(headcount::bench::worker::main_stdio())?;
+        runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -82,6 +97,12 @@ fn main() -> anyhow::Result<()> {
                 server.run(shutdown_signal()).await;
                 anyhow::Ok(())
             })?;
+        }
+        Command::BenchWorker => {}
+        Command::Bench(args) => {
+            let out = runtime.block_on(headcount::bench::run(args))?;
+            print!("{out}");
+            std::io::stdout().flush()?;
         }
         Command::Stats(args) => {
             let out = runtime.block_on(headcount::cli::stats::run(&args))?;

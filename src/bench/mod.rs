@@ -1,0 +1,260 @@
+//! `headcount bench`: a load generator for headcount (and any Phoenix
+//! Channels V2 server), as `redis-benchmark` is for Redis. The coordinator
+//! here parses the command, checks that every target is on this machine,
+//! splits the sockets over workers (in this process, or re-executed child
+//! processes to pass the per-process file limit) and over 127.0.0.x source
+//! addresses (to pass the ephemeral-port limit), drives the scenario's
+//! phases, reads the server's RSS and counts, and prints the report.
+
+pub mod client;
+pub mod hist;
+mod http;
+mod scenarios;
+pub mod worker;
+
+use clap::{Args, ValueEnum};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+pub use scenarios::run;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("refusing {0}: bench only targets loopback addresses (127.0.0.0/8, ::1)")]
+    NotLoopback(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// N sockets joined to K topics at rate R, held S seconds.
+    Hold,
+    /// N subscribers on a topic, M messages published; deliveries/s and latency.
+    Fanout,
+    /// get_local_stats / get_cluster_stats latency and rate with K topics.
+    Query,
+    /// connect/join/leave/close cycles; counts must return to the baseline.
+    Churn,
+    /// Time from a join on one node to its appearance in another's cluster stats.
+    Cluster,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Publish {
+    /// POST /api/broadcast
+    Http,
+    /// a member's `broadcast` push (server needs --client-broadcast)
+    Client,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QueryEvent {
+    Local,
+    Cluster,
+}
+
+/// `headcount bench` flags. Every scenario is bounded: by counts, and by
+/// `--timeout` overall.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Server URL(s), loopback only: ws://127.0.0.1:4000/socket/websocket,
+    /// http://127.0.0.1:4000 or 127.0.0.1:4000; a comma list for `cluster`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub url: Vec<String>,
+    /// Sockets to open (hold: held sockets; fanout: subscribers; churn:
+    /// concurrent cycles per worker is --concurrency).
+    #[arg(long, default_value_t = 1000)]
+    pub sockets: usize,
+    /// Distinct topics (hold: sockets spread over them; query: populated).
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Topics each socket joins (query: at most this many per populating socket).
+    #[arg(long, default_value_t = 1)]
+    pub topics_per_socket: usize,
+    /// Topic names are PREFIX<n>; the server must allow them (--allow-topic 'bench:*').
+    #[arg(long, default_value = "bench:")]
+    pub topic_prefix: String,
+    /// Connect+join attempts per second over all workers (0 = as fast as
+    /// --concurrency allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Handshakes in flight per worker (churn: concurrent cycles per worker).
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// hold: seconds to hold the sockets once all are open.
+    #[arg(long, default_value_t = 5.0)]
+    pub hold: f64,
+    /// Worker processes (0 = one per 15,000 sockets). 1 runs in this process.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Source addresses 127.0.0.1..=127.0.0.N spread the client ports.
+    #[arg(long, default_value_t = 16)]
+    pub sources: u8,
+    /// fanout: messages to publish.
+    #[arg(long, default_value_t = 100)]
+    pub messages: u64,
+    /// fanout: how messages are published.
+    #[arg(long, value_enum, default_value_t = Publish::Http)]
+    pub publish: Publish,
+    /// fanout: messages per second (0 = each as soon as the previous was accepted).
+    #[arg(long, default_value_t = 0.0)]
+    pub publish_rate: f64,
+    /// fanout: publish requests in flight (HTTP connections or client sockets).
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// query: which stats to ask for.
+    #[arg(long, value_enum, default_value_t = QueryEvent::Local)]
+    pub event: QueryEvent,
+    /// query: sockets asking concurrently (closed loop each).
+    #[arg(long, default_value_t = 1)]
+    pub askers: usize,
+    /// query: seconds to ask for.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// query: most queries in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub queries: u64,
+    /// churn: connect/join/leave/close cycles in all.
+    #[arg(long, default_value_t = 10_000)]
+    pub cycles: u64,
+    /// churn: every n-th cycle drops the TCP connection while joined (0 = never).
+    #[arg(long, default_value_t = 4)]
+    pub abrupt_every: u64,
+    /// cluster: join rounds.
+    #[arg(long, default_value_t = 50)]
+    pub rounds: u64,
+    /// cluster: milliseconds between cluster-stats polls.
+    #[arg(long, default_value_t = 5)]
+    pub poll_ms: u64,
+    /// Server process id: read its RSS (VmRSS in /proc/PID/status).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Seconds to wait after sockets close before reading the RSS again.
+    #[arg(long, default_value_t = 5.0)]
+    pub settle: f64,
+    /// Heartbeat period while holding (the server closes silent sockets).
+    #[arg(long, default_value_t = 25_000)]
+    pub heartbeat_ms: u64,
+    /// Give up after this many seconds in all.
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout: f64,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One server to talk to.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub ws_path: String,
+}
+
+impl Endpoint {
+    pub fn http_base(&self) -> String {
+        format!("http://{}", self.host)
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.octets()[0] == 127,
+        IpAddr::V6(v6) => v6.is_loopback(),
+    }
+}
+
+/// Parses a URL and refuses anything that is not a loopback address.
+pub async fn endpoint(url: &str) -> Result<Endpoint, BenchError> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    if rest.contains("://") {
+        return Err(BenchError::Usage(format!(
+            "{url}: use ws:// or http:// (no TLS on loopback)"
+        )));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_string()
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(with_port.as_str())
+        .await
+        .map_err(|e| BenchError::Usage(format!("{url}: {e}")))?
+        .collect();
+    if addrs.is_empty() || !addrs.iter().all(|a| is_loopback(a.ip())) {
+        return Err(BenchError::NotLoopback(url.to_string()));
+    }
+    let addr = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .copied()
+        .unwrap_or(addrs[0]);
+    let path = path.split('?').next().unwrap_or("");
+    let path = if path.is_empty() || path == "/" {
+        "/socket/websocket"
+    } else {
+        path
+    };
+    Ok(Endpoint {
+        addr,
+        host: addr.to_string(),
+        ws_path: format!("{path}?vsn=2.0.0"),
+    })
+}
+
+/// Client source addresses: 127.0.0.1..=127.0.0.n for an IPv4 target.
+pub fn source_addrs(target: SocketAddr, n: u8) -> Vec<IpAddr> {
+    if !target.is_ipv4() || n <= 1 {
+        return Vec::new();
+    }
+    (1..=n)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect()
+}
+
+/// Server RSS in bytes, from `VmRSS` in /proc/PID/status.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_loopback_urls_are_accepted() {
+        let e = endpoint("ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0")
+            .await
+            .unwrap();
+        assert_eq!(e.addr, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(e.ws_path, "/socket/websocket?vsn=2.0.0");
+        assert_eq!(e.http_base(), "http://127.0.0.1:4000");
+        assert!(endpoint("127.0.0.9:1").await.is_ok());
+        assert!(endpoint("http://[::1]:4000").await.is_ok());
+        assert!(endpoint("localhost:4000").await.is_ok());
+        for bad in [
+            "ws://10.0.0.1:4000",
+            "http://192.168.1.1:80",
+            "8.8.8.8:53",
+            "ws://[2001:db8::1]:4000",
+            "wss://127.0.0.1:4000",
+        ] {
+            assert!(endpoint(bad).await.is_err(), "{bad}");
+        }
+    }
+}
