@@ -165,7 +165,7 @@ fn query_sees_every_populated_topic() {
     // 500 generic topics plus patterns:stats.
     assert_eq!(r["topics_seen_by_server"], 501);
     assert_eq!(r["connection_count_expected"], 502);
-    assert_eq!(r["counts_exact"], true);
+    assert_eq!(r["counts_exact"], true, "{r}");
     assert_eq!(r["errors"], 0);
     assert!(r["answered"].as_u64().unwrap() > 0);
     let r = bench(&[
@@ -180,7 +180,7 @@ fn query_sees_every_populated_topic() {
         "cluster",
     ]);
     assert_eq!(r["answered"], 20, "{r}");
-    assert_eq!(r["counts_exact"], true);
+    assert_eq!(r["counts_exact"], true, "{r}");
 }
 
 #[test]
@@ -218,11 +218,12 @@ fn cluster_degenerates_to_one_node() {
     let url = format!("{0},{0}", node.addr);
     let r = bench(&["cluster", "--url", &url, "--rounds", "4"]);
     assert_eq!(r["nodes"][0], "smoke@127.0.0.1", "{r}");
-    assert_eq!(r["join_visible"]["count"], 8);
-    assert_eq!(r["leave_visible"]["count"], 8);
+    // Two URLs of the same node: each round joins on one, watches the other.
+    assert_eq!(r["join_visible"]["count"], 4);
+    assert_eq!(r["leave_visible"]["count"], 4);
     assert_eq!(r["missed"], 0);
     assert_eq!(
-        r["cluster_sizes_seen"]["1"].as_u64().map(|n| n >= 16),
+        r["cluster_sizes_seen"]["1"].as_u64().map(|n| n >= 8),
         Some(true)
     );
 }

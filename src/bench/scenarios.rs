@@ -605,6 +605,7 @@ async fn fanout(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
     }
     let pb = bar(subscribers * messages, "deliveries");
     let mut publishers_left = Vec::new();
+    let mut listening = true;
     loop {
         tokio::select! {
             r = pubs.join_next() => match r {
@@ -612,12 +613,13 @@ async fn fanout(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
                 Some(Err(e)) => return Err(failed(e)),
                 None => break,
             },
-            ev = pool.events.recv() => match ev {
+            ev = pool.events.recv(), if listening => match ev {
                 Some((i, Event::Progress(n))) => pool.progress(i, n, &pb),
                 Some((i, Event::Failed(e))) => return Err(failed(format!("worker {i}: {e}"))),
                 Some((i, Event::Done(o))) => pool.early.push((i, o)),
                 Some(_) => {}
-                None => return Err(failed("workers vanished")),
+                // Every worker has finished (all messages arrived).
+                None => listening = false,
             },
         }
     }

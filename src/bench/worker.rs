@@ -627,12 +627,20 @@ async fn query(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .merge(&local);
+            // Kept open until every asker is done, so none of them sees
+            // another's socket go.
+            ws
         });
     }
+    let mut finished = Vec::new();
     loop {
         progress.store(counter.load(Ordering::Relaxed), Ordering::Relaxed);
         tokio::select! {
-            r = set.join_next() => if r.is_none() { break },
+            r = set.join_next() => match r {
+                Some(Ok(ws)) => finished.push(ws),
+                Some(Err(_)) => {}
+                None => break,
+            },
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
@@ -651,6 +659,7 @@ async fn query(
     // Every worker's populating sockets stay until all have finished
     // asking, so no worker's topics vanish under another's queries.
     let _ = commands.recv().await;
+    drop(finished);
     drop(populated);
     Ok(())
 }
