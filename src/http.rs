@@ -105,12 +105,16 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
         };
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
+                // Bytes read past the handshake are copied out, so hyper's
+                // read buffer (8 KiB) is freed now, not when the socket closes.
+                let prelude = bytes::Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
                 // A fresh task, so the session's future carries nothing of
                 // the handshake.
                 tokio::spawn(crate::session::run(
                     owner,
                     parts.io.into_inner(),
-                    parts.read_buf,
+                    prelude,
                     vsn,
                     slot,
                 ));

@@ -7,6 +7,16 @@ use headcount::config::{Config, LogFormat, ServeArgs};
 use headcount::Server;
 use std::io::Write as _;
 
+// Optional allocators, to compare how much memory each gives back after
+// sockets close (BENCHMARKS.md); the default is the system allocator.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "headcount",

@@ -91,6 +91,9 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Bytes, vsn: Vsn, slo
         let mut bytes = prelude.to_vec();
         s.feed(&mut decoder, &mut bytes);
     }
+    // `prelude` is a view into hyper's 8 KiB read buffer: held to the end of
+    // this function it would keep that buffer alive for the socket's life.
+    drop(prelude);
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
     loop {
