@@ -136,7 +136,9 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Bytes, vsn: Vsn, slo
     // Every membership and the socket itself stop counting here, before any
     // goodbye is written.
     drop(s);
-    goodbye(stream, pending, end).await;
+    // Boxed: its buffers and timers would otherwise be part of every
+    // socket's future for the socket's whole life.
+    Box::pin(goodbye(stream, pending, end)).await;
 }
 
 /// Writes the close frame (after what is still pending), then waits briefly
