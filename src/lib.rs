@@ -30,6 +30,7 @@ pub mod session;
 pub mod stats;
 pub mod tally;
 pub mod transport;
+pub mod trim;
 
 pub use bus::{Bus, Event};
 pub use config::Config;

@@ -1,0 +1,49 @@
+//! Gives memory back to the operating system after many sockets close.
+//! glibc's allocator keeps freed memory in its arenas, so a node that held
+//! 18,000 sockets would keep that footprint for ever; after a large drop in
+//! open sockets this asks it to return what it can (`malloc_trim`).
+//! Other allocators (the `jemalloc` / `mimalloc` features) purge by
+//! themselves, and there this is a no-op.
+
+use crate::context::Ctx;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the socket count is looked at.
+const EVERY: Duration = Duration::from_secs(2);
+/// A drop of at least this many sockets since the last trim triggers one.
+const DROP: u64 = 1000;
+
+pub async fn run(ctx: Arc<Ctx>) {
+    let mut peak = ctx.tally.sockets();
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = ctx.shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        let now = ctx.tally.sockets();
+        peak = peak.max(now);
+        if peak - now >= DROP {
+            peak = now;
+            // Trimming walks the heap: keep it off the I/O threads.
+            let _ = tokio::task::spawn_blocking(release).await;
+        }
+    }
+}
+
+/// Returns free heap memory to the OS where the allocator needs asking.
+pub fn release() {
+    #[cfg(all(
+        target_os = "linux",
+        target_env = "gnu",
+        not(any(feature = "jemalloc", feature = "mimalloc"))
+    ))]
+    // SAFETY: malloc_trim only walks glibc's own arenas; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
