@@ -90,6 +90,11 @@ impl Ctx {
         }
     }
 
+    /// Gives back the registry's spare capacity after many sockets closed.
+    pub fn shrink_registry(&self) {
+        self.sockets.shrink_to_fit();
+    }
+
     pub fn open_sockets(&self) -> usize {
         self.sockets.len()
     }

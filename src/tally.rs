@@ -16,6 +16,8 @@ struct Inner {
     topics: BTreeMap<Arc<str>, u64>,
     memberships: u64,
     sockets: u64,
+    /// Most sockets open at once since `take_socket_peak` last asked.
+    sockets_peak: u64,
     joins: u64,
     leaves: u64,
     /// Bumped whenever `topics` changes; keys the cached JSON below.
@@ -111,6 +113,7 @@ impl Tally {
             return None;
         }
         inner.sockets += 1;
+        inner.sockets_peak = inner.sockets_peak.max(inner.sockets);
         drop(inner);
         self.changed();
         Some(SocketSlot {
@@ -131,6 +134,15 @@ impl Tally {
 
     pub fn sockets(&self) -> u64 {
         self.lock().sockets
+    }
+
+    /// (most sockets open at once since the last call, sockets open now);
+    /// starts the next period at the current count.
+    pub fn take_socket_peak(&self) -> (u64, u64) {
+        let mut inner = self.lock();
+        let peak = inner.sockets_peak.max(inner.sockets);
+        inner.sockets_peak = inner.sockets;
+        (peak, inner.sockets)
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -15,7 +15,7 @@ const EVERY: Duration = Duration::from_secs(2);
 const DROP: u64 = 1000;
 
 pub async fn run(ctx: Arc<Ctx>) {
-    let mut peak = ctx.tally.sockets();
+    let mut peak = 0;
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = ctx.shutdown_signal();
@@ -25,10 +25,13 @@ pub async fn run(ctx: Arc<Ctx>) {
             _ = &mut shutdown => return,
             _ = tick.tick() => {}
         }
-        let now = ctx.tally.sockets();
-        peak = peak.max(now);
+        // The tally remembers the high-water mark between ticks, so a burst
+        // that opens and closes within one tick is still seen.
+        let (seen, now) = ctx.tally.take_socket_peak();
+        peak = peak.max(seen);
         if peak - now >= DROP {
             peak = now;
+            ctx.shrink_registry();
             // Trimming walks the heap: keep it off the I/O threads.
             let _ = tokio::task::spawn_blocking(release).await;
         }

@@ -7,7 +7,8 @@ use super::hist::{fmt_us, Hist};
 use super::http::Http;
 use super::worker::{self, now_us, Command, Event, Kind, Outcome, Setup, WorkerSpec};
 use super::{
-    endpoint, rss_of, source_addrs, BenchArgs, BenchError, Endpoint, Publish, QueryEvent, Scenario,
+    cpu_seconds, endpoint, rss_of, source_addrs, BenchArgs, BenchError, Endpoint, Publish,
+    QueryEvent, Scenario,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -173,6 +174,17 @@ impl Pool {
             early: Vec::new(),
             _children: children,
         })
+    }
+
+    /// CPU seconds used so far by the client: this process and its workers.
+    fn client_cpu(&self) -> f64 {
+        let own = cpu_seconds(None).unwrap_or(0.0);
+        own + self
+            ._children
+            .iter()
+            .filter_map(|c| c.id())
+            .filter_map(|id| cpu_seconds(Some(id)))
+            .sum::<f64>()
     }
 
     fn send_all(&self, c: impl Fn() -> Command) {
@@ -434,6 +446,53 @@ fn rss(args: &BenchArgs) -> Option<u64> {
     args.server_pid.and_then(rss_of)
 }
 
+/// CPU seconds used by the server (with --server-pid) and by this client
+/// since `start`, and per unit of work in µs.
+struct Cpu {
+    server: Option<f64>,
+    client: f64,
+}
+
+impl Cpu {
+    fn now(args: &BenchArgs, pool: &Pool) -> Cpu {
+        Cpu {
+            server: args.server_pid.and_then(|p| cpu_seconds(Some(p))),
+            client: pool.client_cpu(),
+        }
+    }
+
+    fn since(&self, args: &BenchArgs, pool: &Pool, units: u64, wall_s: f64) -> Value {
+        let now = Cpu::now(args, pool);
+        let server = match (self.server, now.server) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let client = now.client - self.client;
+        let per = |s: f64| {
+            if units > 0 {
+                Some((s * 1e6 / units as f64 * 10.0).round() / 10.0)
+            } else {
+                None
+            }
+        };
+        let share = |s: f64| {
+            if wall_s > 0.0 {
+                Some(round3(s / wall_s))
+            } else {
+                None
+            }
+        };
+        json!({
+            "server_cpu_s": server.map(round3),
+            "server_cores": server.and_then(share),
+            "server_us_per_unit": server.and_then(per),
+            "client_cpu_s": round3(client),
+            "client_cores": share(client),
+            "client_us_per_unit": per(client),
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------
 // hold
 
@@ -444,11 +503,14 @@ async fn hold(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
     let base = counts(ep).await?;
     let rss_before = rss(args);
     let mut pool = Pool::start(specs_for(args, ep, Kind::Hold, n, workers)).await?;
+    let cpu = Cpu::now(args, &pool);
     let pb = bar(n as u64, "connect+join");
     let setups = pool.ready(&pb).await?;
     pb.finish_and_clear();
-    let open = merge_setups(&setups);
+    let mut open = merge_setups(&setups);
     let opened = open["opened"].as_u64().unwrap_or(0);
+    let secs = open["seconds"].as_f64().unwrap_or(0.0);
+    open["cpu"] = cpu.since(args, &pool, opened, secs);
     let rss_open = rss(args);
     let held = counts(ep).await?;
     let expect_sockets = base.sockets + opened;
@@ -545,6 +607,7 @@ async fn fanout(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let messages = args.messages;
+    let cpu = Cpu::now(args, &pool);
     let start_us = now_us();
     let start = Instant::now();
     let mut pubs = tokio::task::JoinSet::new();
@@ -627,6 +690,9 @@ async fn fanout(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
     // Subscribers end when they have every message; those still waiting
     // after the drain time are told to stop and the rest count as lost.
     let outcomes = pool.done(&pb, Some(Duration::from_secs(10))).await?;
+    let wall = start.elapsed().as_secs_f64();
+    let delivered_all: u64 = outcomes.iter().map(|o| o.delivered).sum();
+    let cpu = cpu.since(args, &pool, delivered_all, wall);
     {
         pb.finish_and_clear();
         let mut lat = Hist::default();
@@ -673,6 +739,7 @@ async fn fanout(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
             "span_s": round3(span),
             "deliveries_per_s": per_s(delivered, span),
             "latency": lat.summary(),
+            "cpu_per_delivery": cpu,
         }));
     }
 }
@@ -708,6 +775,7 @@ async fn query(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
         .await
         .map(|(_, b)| b.len())
         .unwrap_or(0);
+    let cpu = Cpu::now(args, &pool);
     pool.send_all(|| Command::Go);
     let pb = bar(
         args.queries.min((args.duration * 50_000.0) as u64),
@@ -715,6 +783,12 @@ async fn query(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
     );
     let outcomes = pool.done(&pb, None).await?;
     pb.finish_and_clear();
+    let cpu = cpu.since(
+        args,
+        &pool,
+        outcomes[0].answered,
+        outcomes[0].elapsed_us as f64 / 1e6,
+    );
     pool.send_all(|| Command::Stop);
     let o = &outcomes[0];
     let lat = Hist::from_wire(&o.latency);
@@ -738,6 +812,7 @@ async fn query(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
         "seconds": round3(secs),
         "queries_per_s": per_s(o.answered, secs),
         "latency": lat.summary(),
+        "cpu_per_query": cpu,
     }))
 }
 
@@ -757,10 +832,17 @@ async fn churn(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
     }
     let mut pool = Pool::start(specs).await?;
     pool.ready(&ProgressBar::hidden()).await?;
+    let cpu = Cpu::now(args, &pool);
     pool.send_all(|| Command::Go);
     let pb = bar(args.cycles, "cycles");
     let outcomes = pool.done(&pb, None).await?;
     pb.finish_and_clear();
+    let ops_all: u64 = outcomes.iter().map(|o| o.ops).sum();
+    let secs_all = outcomes
+        .iter()
+        .map(|o| o.elapsed_us as f64 / 1e6)
+        .fold(0.0, f64::max);
+    let cpu = cpu.since(args, &pool, ops_all, secs_all);
     let mut lat = Hist::default();
     let (mut cycles, mut ops, mut secs) = (0, 0, 0f64);
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
@@ -805,6 +887,7 @@ async fn churn(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
         "cycle_latency": lat.summary(),
         "baseline": {"connections": base.connections, "sockets": base.sockets, "topics": base.by_topic.len()},
         "after": {"connections": after.connections, "sockets": after.sockets, "topics": after.by_topic.len()},
+        "cpu_per_op": cpu,
         "returned_to_baseline": settled,
         "settle_s": round3(settle_s),
         "drift": {
@@ -958,6 +1041,18 @@ fn lat_line(v: &Value) -> String {
     )
 }
 
+fn cpu_line(c: &Value, unit: &str) -> String {
+    format!(
+        "  cpu: server {} s ({} cores, {} µs/{unit}), client {} s ({} cores, {} µs/{unit})",
+        c["server_cpu_s"],
+        c["server_cores"],
+        c["server_us_per_unit"],
+        c["client_cpu_s"],
+        c["client_cores"],
+        c["client_us_per_unit"]
+    )
+}
+
 fn kib(v: &Value) -> String {
     v.as_u64()
         .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
@@ -992,6 +1087,7 @@ fn human(r: &Value) -> String {
                 "  connect+join {}",
                 lat_line(&o["connect_join_latency"])
             ));
+            line(cpu_line(&o["cpu"], "socket"));
             let s = &r["server"];
             line(format!(
                 "  server: held {} sockets / {} memberships (exact: {}), alive at end {}, drained {} in {} s",
@@ -1022,6 +1118,7 @@ fn human(r: &Value) -> String {
                 r["subscribers_closed_early"], r["span_s"], r["deliveries_per_s"]
             ));
             line(format!("  latency {}", lat_line(&r["latency"])));
+            line(cpu_line(&r["cpu_per_delivery"], "delivery"));
         }
         "query" => {
             line(format!(
@@ -1033,6 +1130,7 @@ fn human(r: &Value) -> String {
                 r["answered"], r["seconds"], r["queries_per_s"], r["errors"], r["stats_bytes"]
             ));
             line(format!("  latency {}", lat_line(&r["latency"])));
+            line(cpu_line(&r["cpu_per_query"], "query"));
             line(format!(
                 "  connection_count expected {} seen {} in replies {} (exact: {})",
                 r["connection_count_expected"],
@@ -1055,6 +1153,7 @@ fn human(r: &Value) -> String {
                 line(format!("  failures: {}", r["failures"]));
             }
             line(format!("  cycle {}", lat_line(&r["cycle_latency"])));
+            line(cpu_line(&r["cpu_per_op"], "op"));
             line(format!(
                 "  baseline {}  after {}  returned to baseline: {} (in {} s), drift {}",
                 r["baseline"], r["after"], r["returned_to_baseline"], r["settle_s"], r["drift"]
