@@ -398,14 +398,21 @@ struct Counts {
 }
 
 async fn counts(ep: &Endpoint) -> Result<Counts, BenchError> {
-    let mut http = Http::new(ep.addr);
-    let (status, body) = http
-        .request("GET", "/api/stats", None)
-        .await
-        .map_err(|e| failed(format!("GET /api/stats: {e}")))?;
-    if status != 200 {
-        return Err(failed(format!("GET /api/stats answered {status}")));
-    }
+    // A node at its file limit answers 503 until it has a descriptor to
+    // spare: retry for a few seconds.
+    let mut tries = 0;
+    let body = loop {
+        tries += 1;
+        let mut http = Http::new(ep.addr);
+        match http.request("GET", "/api/stats", None).await {
+            Ok((200, body)) => break body,
+            Ok((status, _)) if tries >= 30 => {
+                return Err(failed(format!("GET /api/stats answered {status}")))
+            }
+            Err(e) if tries >= 30 => return Err(failed(format!("GET /api/stats: {e}"))),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     let v: Value = serde_json::from_str(&body).map_err(failed)?;
     let mut by_topic = BTreeMap::new();
     if let Some(map) = v["connections_by_topic"].as_object() {
