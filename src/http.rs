@@ -230,6 +230,7 @@ async fn broadcast(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) 
         Ok(v) => v,
         Err(res) => return res,
     };
+    #[allow(clippy::result_large_err)]
     let field = |name: &str| match value.get(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.as_str()),
         _ => Err(error(

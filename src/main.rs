@@ -19,6 +19,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
 enum Command {
     /// Start a node: WebSocket, HTTP API and metrics on one port.
     Serve(ServeArgs),

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub relay_in: Counter,
     pub relay_out: Counter,
     pub relay_rejected: Counter,
+    pub relay_dropped: Counter,
     pub redis_up: Gauge,
     pub cluster_nodes: Gauge,
     pub oldest_node_age: Gauge,
@@ -155,6 +156,11 @@ impl Metrics {
                 "headcount_relay_messages_rejected_total",
                 vec![],
                 "Invalid messages received on the Redis events channel",
+            ),
+            relay_dropped: counter(
+                "headcount_relay_messages_dropped_total",
+                vec![],
+                "Messages not relayed to other nodes because Redis was slow or down",
             ),
             redis_up: recorder.register_gauge(&Key::from_name("headcount_redis_up"), &META),
             cluster_nodes: recorder

@@ -6,11 +6,23 @@
 //! An enum rather than a trait object: there are exactly two backends, and
 //! an enum keeps `async fn` without boxing every call.
 
+mod figures;
+pub mod keys;
+pub mod redis;
+mod relay;
+pub mod view;
+
 use crate::context::Ctx;
 use crate::stats;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+pub use self::redis::{RedisCluster, RedisSetupError};
+pub use self::relay::RedisRelay;
 
 pub enum Cluster {
     Local,
+    Redis(Box<RedisCluster>),
 }
 
 impl Cluster {
@@ -23,13 +35,48 @@ impl Cluster {
     pub async fn stats(&self, ctx: &Ctx) -> String {
         match self {
             Cluster::Local => stats::local_cluster_json(&ctx.tally, None),
+            Cluster::Redis(r) => r.stats(ctx).await,
         }
     }
 
-    /// The answer when no waiting is needed (single node).
+    /// The answer when no waiting is needed (single node, or Redis known
+    /// to be down).
     pub fn stats_now(&self, ctx: &Ctx) -> Option<String> {
         match self {
             Cluster::Local => Some(stats::local_cluster_json(&ctx.tally, None)),
+            Cluster::Redis(r) => r.stats_now(ctx),
+        }
+    }
+
+    /// Starts the backend's background work; each task ends on shutdown.
+    pub fn spawn(ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) {
+        if !matches!(ctx.cluster(), Cluster::Redis(_)) {
+            return;
+        }
+        let c = ctx.clone();
+        tasks.spawn(async move {
+            if let Cluster::Redis(r) = c.cluster() {
+                figures::run(c.clone(), r).await;
+            }
+        });
+        let c = ctx.clone();
+        tasks.spawn(async move {
+            if let Cluster::Redis(r) = c.cluster() {
+                relay::publish(c.clone(), r).await;
+            }
+        });
+        let c = ctx.clone();
+        tasks.spawn(async move {
+            if let Cluster::Redis(r) = c.cluster() {
+                relay::subscribe(c.clone(), r).await;
+            }
+        });
+    }
+
+    /// Graceful shutdown: take this node out of the cluster at once.
+    pub async fn leave(&self) {
+        if let Cluster::Redis(r) = self {
+            r.leave().await;
         }
     }
 }
