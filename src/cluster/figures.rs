@@ -19,7 +19,7 @@ use tokio::time::Instant;
 /// Longest a change waits before it is written.
 pub const BATCH: Duration = Duration::from_millis(100);
 /// How often a node retries while Redis is down.
-pub const RETRY: Duration = Duration::from_millis(200);
+pub const RETRY: Duration = Duration::from_millis(100);
 
 /// What Redis holds for this node, as far as this node knows.
 #[derive(Default)]
@@ -61,6 +61,7 @@ pub async fn run(ctx: Arc<Ctx>, redis: &RedisCluster) {
         };
         tokio::select! {
             _ = &mut shutdown => return,
+            _ = redis.health.went_down.notified() => dirty = true,
             changed = changes.changed(), if !dirty => {
                 if changed.is_err() {
                     return;
@@ -90,8 +91,11 @@ pub async fn flush(ctx: &Ctx, redis: &RedisCluster) -> bool {
     }
     let topics = ctx.tally.topic_counts();
     let sockets = ctx.tally.sockets();
-    let mut outcome = write(redis, &written, &topics, sockets, !written.synced).await;
+    let full = !written.synced;
+    let mut outcome = write(redis, &written, &topics, sockets, full).await;
+    tracing::debug!(full, ok = outcome.is_ok(), "wrote figures");
     if matches!(outcome, Ok(None)) {
+        tracing::info!("redis had lost this node's figures: writing them all");
         // Redis lost our figures (restart without data, or the TTL lapsed
         // during an outage): write them all at once.
         outcome = write(redis, &written, &topics, sockets, true).await;
@@ -138,7 +142,8 @@ async fn write(
         .arg(if full { "1" } else { "0" })
         .arg(connections)
         .arg(stream)
-        .arg(sockets);
+        .arg(sockets)
+        .arg(&*redis.origin);
     if full {
         for (topic, n) in topics {
             eval.arg(&**topic).arg(*n);
@@ -177,8 +182,24 @@ async fn write(
     let [at, census] = reply.as_slice() else {
         return Err("unexpected reply from redis to a write".into());
     };
-    if matches!(at, Value::Int(-1)) {
-        return Ok(None);
+    match at {
+        Value::Int(-1) => return Ok(None),
+        Value::Array(written_by) => {
+            let previous = match written_by.get(1) {
+                Some(Value::BulkString(b)) => b.as_slice(),
+                _ => &[],
+            };
+            if !full && !previous.is_empty() && previous != redis.origin.as_bytes() {
+                if let Some(more) = redis.complaints.allow() {
+                    tracing::error!(
+                        node = %redis.node,
+                        suppressed = more,
+                        "another process writes figures as this node: give every node a unique --node"
+                    );
+                }
+            }
+        }
+        _ => return Err("unexpected reply from redis to a write".into()),
     }
     let census = Census::parse(census).map_err(|e| e.to_string())?;
     Ok(Some(census))

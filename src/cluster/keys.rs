@@ -42,11 +42,14 @@ impl Keys {
 /// Writes one node's absolute figures and refreshes their TTL.
 ///
 /// KEYS: meta, topics. ARGV: ttl_ms, full (`1`/`0`), connections, stream,
-/// sockets, then topic/count pairs (count `0` removes the topic). A full
+/// sockets, origin (the writing process), then topic/count pairs (count `0`
+/// removes the topic). A full
 /// write replaces the topics hash; a partial one (a diff against what this
 /// node wrote before) is refused with -1 when the meta key is missing, which
 /// means Redis lost or expired the figures and the node must write them all.
-/// Returns the write time (ms, Redis clock) or -1.
+/// Returns `{write time (ms, Redis clock), origin of the previous write}`
+/// or -1. A foreign previous origin on a partial write means two processes
+/// run with the same `--node`.
 pub const WRITE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -57,9 +60,10 @@ end
 if full then
   redis.call('DEL', KEYS[2])
 end
-redis.call('HSET', KEYS[1], 'c', ARGV[3], 's', ARGV[4], 'k', ARGV[5], 'at', now)
+local prev = redis.call('HGET', KEYS[1], 'o') or ''
+redis.call('HSET', KEYS[1], 'c', ARGV[3], 's', ARGV[4], 'k', ARGV[5], 'at', now, 'o', ARGV[6])
 local set, del = {}, {}
-for i = 6, #ARGV - 1, 2 do
+for i = 7, #ARGV - 1, 2 do
   if ARGV[i + 1] == '0' then
     del[#del + 1] = ARGV[i]
   else
@@ -85,7 +89,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('PEXPIRE', KEYS[2], ARGV[1])
 end
-return now
+return {now, prev}
 "#;
 
 /// Reads every live node: one round trip, cost ∝ live nodes × their topics.

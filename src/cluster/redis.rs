@@ -15,7 +15,7 @@ use crate::context::Ctx;
 use crate::metrics::Metrics;
 use crate::stats;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, Value};
+use ::redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -45,6 +45,9 @@ pub struct Health {
     state: AtomicU8,
     error: Mutex<String>,
     metrics: Arc<Metrics>,
+    /// Wakes the writer when Redis goes down, so it starts retrying now
+    /// rather than at its next refresh.
+    pub(super) went_down: tokio::sync::Notify,
 }
 
 impl Health {
@@ -54,6 +57,7 @@ impl Health {
             state: AtomicU8::new(UNKNOWN),
             error: Mutex::new(String::new()),
             metrics,
+            went_down: tokio::sync::Notify::new(),
         }
     }
 
@@ -81,6 +85,7 @@ impl Health {
         *self.lock() = why.to_owned();
         self.metrics.redis_up.set(0.0);
         if self.state.swap(DOWN, Ordering::SeqCst) != DOWN {
+            self.went_down.notify_one();
             tracing::warn!(error = why, "redis unavailable: cluster stats degraded");
         }
     }
@@ -109,7 +114,7 @@ pub struct RedisCluster {
     pub(super) sub: ConnectionManager,
     /// Tags this process's relay messages, so it skips its own echo.
     pub(super) origin: Arc<str>,
-    pub(super) health: Health,
+    pub(super) health: Arc<Health>,
     pub(super) metrics: Arc<Metrics>,
     /// What this node last wrote; held across a write so that `leave` is
     /// never overtaken by one.
@@ -118,6 +123,7 @@ pub struct RedisCluster {
     reads: Mutex<Option<watch::Receiver<Option<ReadOutcome>>>>,
     pub(super) pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
     pub(super) outgoing: Mutex<Option<mpsc::Receiver<String>>>,
+    pub(super) complaints: super::Throttle,
 }
 
 fn manager_config() -> ConnectionManagerConfig {
@@ -125,7 +131,7 @@ fn manager_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_number_of_retries(usize::MAX)
         .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(250))
+        .set_max_delay(Duration::from_millis(150))
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(Duration::from_secs(2)))
 }
@@ -145,8 +151,21 @@ impl RedisCluster {
             .set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(settings);
         let client = ::redis::Client::open(info).map_err(RedisSetupError::Url)?;
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
-            .map_err(RedisSetupError::Connection)?;
+        let health = Arc::new(Health::new(metrics.clone()));
+        // The command connection hears of a lost connection at once (RESP3),
+        // so queries answer degraded right away instead of timing out.
+        let watcher = health.clone();
+        let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+            if push.kind == PushKind::Disconnection {
+                watcher.down("redis connection lost");
+            }
+            Ok(())
+        };
+        let conn = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            manager_config().set_push_sender(on_push),
+        )
+        .map_err(RedisSetupError::Connection)?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let sub = ConnectionManager::new_lazy_with_config(
             client,
@@ -164,12 +183,13 @@ impl RedisCluster {
             conn,
             sub,
             origin,
-            health: Health::new(metrics.clone()),
+            health,
             metrics,
             written: tokio::sync::Mutex::new(super::figures::Written::default()),
             reads: Mutex::new(None),
             pushes: Mutex::new(Some(push_rx)),
             outgoing: Mutex::new(Some(outgoing)),
+            complaints: super::Throttle::new(),
         };
         Ok((cluster, relay))
     }

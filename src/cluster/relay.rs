@@ -9,6 +9,7 @@
 //! input there is logged and counted, never fatal.
 
 use super::redis::{describe, RedisCluster};
+use super::Throttle;
 use crate::bus::{Delivery, Event, Relay};
 use crate::context::Ctx;
 use crate::http::{MAX_BATCH, MAX_BODY};
@@ -16,8 +17,8 @@ use crate::metrics::Metrics;
 use ::redis::{PushInfo, PushKind, Value};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// Messages waiting to be published; beyond this they are dropped (and
@@ -52,38 +53,6 @@ struct Outgoing<'a> {
 struct Incoming {
     origin: String,
     deliveries: Vec<Delivery>,
-}
-
-/// At most one log line per interval for a repeated complaint.
-pub struct Throttle {
-    last: Mutex<Option<Instant>>,
-    suppressed: AtomicU64,
-}
-
-impl Throttle {
-    pub const fn new() -> Throttle {
-        Throttle {
-            last: Mutex::new(None),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(n)` (n lines suppressed since the last) when a line may be logged.
-    pub fn allow(&self) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        *last = Some(Instant::now());
-        Some(self.suppressed.swap(0, Ordering::Relaxed))
-    }
-}
-
-impl Default for Throttle {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// The bus's way out to the other nodes.
@@ -303,13 +272,5 @@ mod tests {
     #[test]
     fn origins_differ_within_one_process() {
         assert_ne!(origin_id("a"), origin_id("a"));
-    }
-
-    #[test]
-    fn throttle_lets_one_line_through_then_counts() {
-        let t = Throttle::new();
-        assert_eq!(t.allow(), Some(0));
-        assert_eq!(t.allow(), None);
-        assert_eq!(t.allow(), None);
     }
 }
