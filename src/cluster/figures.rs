@@ -18,6 +18,8 @@ use tokio::time::Instant;
 
 /// Longest a change waits before it is written.
 pub const BATCH: Duration = Duration::from_millis(100);
+/// How often the writer counts the live nodes (for the metrics).
+const CENSUS_EVERY: Duration = Duration::from_secs(1);
 /// How often a node retries while Redis is down.
 pub const RETRY: Duration = Duration::from_millis(100);
 
@@ -29,6 +31,16 @@ pub struct Written {
     synced: bool,
     /// Set by graceful shutdown: nothing more is written.
     pub left: bool,
+    /// When the live nodes were last counted for the metrics.
+    counted: Option<Instant>,
+}
+
+/// What a write found.
+enum Outcome {
+    /// Written; with the census when one was asked for.
+    Written(Option<Census>),
+    /// A partial write found no figures in Redis: nothing was written.
+    Lost,
 }
 
 fn wall_ms() -> u64 {
@@ -92,23 +104,29 @@ pub async fn flush(ctx: &Ctx, redis: &RedisCluster) -> bool {
     let topics = ctx.tally.topic_counts();
     let sockets = ctx.tally.sockets();
     let full = !written.synced;
-    let mut outcome = write(redis, &written, &topics, sockets, full).await;
+    // Counting live nodes costs Redis one lookup per node: once a second
+    // is enough for the metrics.
+    let count = written.counted.is_none_or(|t| t.elapsed() >= CENSUS_EVERY);
+    let mut outcome = write(redis, &written, &topics, sockets, full, count).await;
     tracing::debug!(full, ok = outcome.is_ok(), "wrote figures");
-    if matches!(outcome, Ok(None)) {
+    if matches!(outcome, Ok(Outcome::Lost)) {
         tracing::info!("redis had lost this node's figures: writing them all");
         // Redis lost our figures (restart without data, or the TTL lapsed
         // during an outage): write them all at once.
-        outcome = write(redis, &written, &topics, sockets, true).await;
+        outcome = write(redis, &written, &topics, sockets, true, count).await;
     }
     match outcome {
-        Ok(Some(census)) => {
+        Ok(Outcome::Written(census)) => {
             written.topics = topics.into_iter().collect();
             written.synced = true;
             redis.health.up();
-            redis.record_census(census);
+            if let Some(census) = census {
+                written.counted = Some(Instant::now());
+                redis.record_census(census);
+            }
             true
         }
-        Ok(None) => {
+        Ok(Outcome::Lost) => {
             written.synced = false;
             false
         }
@@ -120,14 +138,15 @@ pub async fn flush(ctx: &Ctx, redis: &RedisCluster) -> bool {
     }
 }
 
-/// Sends one write; `Ok(None)` when a partial write found no figures.
+/// Sends one write, and a census of the live nodes when `count`.
 async fn write(
     redis: &RedisCluster,
     written: &Written,
     topics: &[(Arc<str>, u64)],
     sockets: u64,
     full: bool,
-) -> Result<Option<Census>, String> {
+    count: bool,
+) -> Result<Outcome, String> {
     let connections: u64 = topics.iter().map(|(_, n)| n).sum();
     let stream = topics
         .iter()
@@ -167,23 +186,27 @@ async fn write(
         .arg(&redis.keys.registry)
         .arg(wall_ms())
         .arg(&redis.node)
-        .ignore()
-        .cmd("EVAL")
-        .arg(keys::READ)
-        .arg(1)
-        .arg(&redis.keys.registry)
-        .arg(&redis.keys.prefix)
-        .arg("census");
+        .ignore();
+    if count {
+        pipe.cmd("EVAL")
+            .arg(keys::READ)
+            .arg(1)
+            .arg(&redis.keys.registry)
+            .arg(&redis.keys.prefix)
+            .arg("census");
+    }
     let mut conn = redis.conn.clone();
     let reply = tokio::time::timeout(WRITE_TIMEOUT, pipe.query_async::<Vec<Value>>(&mut conn))
         .await
         .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
         .map_err(|e| describe(&e))?;
-    let [at, census] = reply.as_slice() else {
-        return Err("unexpected reply from redis to a write".into());
+    let (at, census) = match reply.as_slice() {
+        [at] if !count => (at, None),
+        [at, census] if count => (at, Some(census)),
+        _ => return Err("unexpected reply from redis to a write".into()),
     };
     match at {
-        Value::Int(-1) => return Ok(None),
+        Value::Int(-1) => return Ok(Outcome::Lost),
         Value::Array(written_by) => {
             let previous = match written_by.get(1) {
                 Some(Value::BulkString(b)) => b.as_slice(),
@@ -201,8 +224,11 @@ async fn write(
         }
         _ => return Err("unexpected reply from redis to a write".into()),
     }
-    let census = Census::parse(census).map_err(|e| e.to_string())?;
-    Ok(Some(census))
+    let census = census
+        .map(Census::parse)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    Ok(Outcome::Written(census))
 }
 
 #[cfg(test)]
