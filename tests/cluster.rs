@@ -410,6 +410,39 @@ async fn redis_outage_degrades_within_1s_and_a_restarted_empty_redis_gets_figure
     assert_eq!(redis.cmd(&["HGET", "headcount:{n1}:meta", "c"]), "3");
     assert_eq!(nodes[0].metric("headcount_redis_up").await, 1.0);
     assert_eq!(nodes[0].metric("headcount_cluster_nodes").await, 3.0);
+
+    // Pub/sub is back too: the nodes resubscribed by themselves.
+    wait_subscribed(&redis, "headcount", 3).await;
+    c1.drain(Duration::from_millis(10)).await;
+    let (status, _) = nodes[1]
+        .post(
+            "/api/events",
+            &json!({"type": "pattern_detected", "data": {"pattern_type": "after"}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    redis.cmd(&[
+        "PUBLISH",
+        "headcount:events",
+        r#"{"type": "pattern_detected", "data": {"pattern_type": "published"}}"#,
+    ]);
+    // c1 is on patterns:stream and patterns:vsm: one push on each.
+    let pushes = c1.drain(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&pushes, "pattern_detected", "pattern_type", &json!("after")),
+        2,
+        "{pushes:?}"
+    );
+    assert_eq!(
+        count(
+            &pushes,
+            "pattern_detected",
+            "pattern_type",
+            &json!("published")
+        ),
+        2,
+        "{pushes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -606,6 +639,7 @@ async fn a_node_started_while_redis_is_down_serves_and_joins_when_redis_comes() 
     )
     .await;
     assert_eq!(redis.cmd(&["HGET", "headcount:{early}:meta", "s"]), "1");
+    wait_subscribed(&redis, "headcount", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
