@@ -61,7 +61,9 @@ pub async fn run(ctx: Arc<Ctx>, redis: &RedisCluster) {
     let refresh = refresh_period(redis.ttl_ms);
     let shutdown = ctx.shutdown_signal();
     tokio::pin!(shutdown);
-    let mut last = Instant::now() - refresh;
+    let mut last = Instant::now()
+        .checked_sub(refresh)
+        .unwrap_or_else(Instant::now);
     let mut dirty = true;
     loop {
         let wait = if redis.health.is_down() {
