@@ -105,12 +105,16 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
         };
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
+                // `read_buf` shares hyper's whole read buffer even when
+                // empty: copy out what is left and let the buffer go.
+                let prelude = parts.read_buf.to_vec();
+                drop(parts.read_buf);
                 // A fresh task, so the session's future carries nothing of
                 // the handshake.
                 tokio::spawn(crate::session::run(
                     owner,
                     parts.io.into_inner(),
-                    parts.read_buf,
+                    prelude,
                     vsn,
                     slot,
                 ));

@@ -67,7 +67,7 @@ struct Session {
 
 /// Runs a socket from just after its 101 response until it is closed.
 /// `prelude` holds bytes the HTTP layer had already read past the handshake.
-pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Bytes, vsn: Vsn, slot: SocketSlot) {
+pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Vec<u8>, vsn: Vsn, slot: SocketSlot) {
     let outbox = Arc::new(Outbox::new(ctx.config.outbound_queue));
     let registration = ctx.register(outbox.clone());
     if ctx.draining() {
@@ -87,9 +87,11 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Bytes, vsn: Vsn, slo
     };
     let mut decoder = Decoder::default();
     let mut pending: Vec<u8> = Vec::new();
-    if !prelude.is_empty() {
-        let mut bytes = prelude.to_vec();
-        s.feed(&mut decoder, &mut bytes);
+    {
+        let mut bytes = prelude;
+        if !bytes.is_empty() {
+            s.feed(&mut decoder, &mut bytes);
+        }
     }
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
