@@ -236,14 +236,11 @@ async fn broadcast(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) 
     };
     let field = |name: &str| match value.get(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.as_str()),
-        _ => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("field \"{name}\" must be a non-empty string"),
-        )),
+        _ => Err(format!("field \"{name}\" must be a non-empty string")),
     };
     let (topic, event) = match (field("topic"), field("event")) {
         (Ok(t), Ok(e)) => (t, e),
-        (Err(res), _) | (_, Err(res)) => return res,
+        (Err(why), _) | (_, Err(why)) => return error(StatusCode::BAD_REQUEST, &why),
     };
     let payload = match value.get("payload") {
         None | Some(Value::Null) => "{}".to_owned(),
