@@ -64,7 +64,7 @@ pub fn command() -> Command {
             cmd.env_remove(k);
         }
     }
-    cmd.env("RUST_LOG", "info");
+    cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
     cmd
 }
 
