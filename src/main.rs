@@ -18,8 +18,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
-#[allow(clippy::large_enum_variant)] // parsed once at start
 enum Command {
     /// Start a node: WebSocket, HTTP API and metrics on one port.
     Serve(ServeArgs),
@@ -39,20 +40,24 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers at once, and resolves when either
+/// arrives. Called before the start line is printed: a signal sent as soon
+/// as the line is seen must start a graceful shutdown, not kill the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
@@ -68,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             init_logging(config.log_format);
             runtime.block_on(async {
                 let server = Server::bind(config).await?;
+                let shutdown = shutdown_signal();
                 println!(
                     "headcount listening on {} node {}",
                     server.local_addr(),
@@ -80,7 +86,7 @@ fn main() -> anyhow::Result<()> {
                     max_connections = server.max_connections(),
                     "serving"
                 );
-                server.run(shutdown_signal()).await;
+                server.run(shutdown).await;
                 anyhow::Ok(())
             })?;
         }

@@ -236,7 +236,5 @@ pub fn raise_file_limit() -> u64 {
             }
         }
     }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
-    let limit = lim.rlim_cur as u64;
-    limit
+    lim.rlim_cur
 }
