@@ -351,7 +351,7 @@ fn max_fds() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 0;
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// The exporter writes families in hash order, one block each, separated by

@@ -112,11 +112,8 @@ pub fn sparkline(values: impl DoubleEndedIterator<Item = u64>, width: usize, max
     tail.reverse();
     tail.iter()
         .map(|v| {
-            if max == 0 {
-                BARS[0]
-            } else {
-                BARS[((v * 7 + max / 2) / max).min(7) as usize]
-            }
+            let level = (v * 7 + max / 2).checked_div(max).unwrap_or(0);
+            BARS[level.min(7) as usize]
         })
         .collect()
 }
@@ -146,7 +143,7 @@ fn terminal_size() -> Option<(usize, usize)> {
     // SAFETY: TIOCGWINSZ writes one winsize into the struct we pass.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-    (ok && ws.ws_col > 0 && ws.ws_row > 0).then(|| (ws.ws_col as usize, ws.ws_row as usize))
+    (ok && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col as usize, ws.ws_row as usize))
 }
 
 /// The terminal in watch mode: alternate screen, hidden cursor, no echo of
