@@ -19,6 +19,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start a node: WebSocket, HTTP API and metrics on one port.

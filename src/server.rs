@@ -225,5 +225,5 @@ pub fn raise_file_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
