@@ -43,20 +43,24 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers at once, and resolves when either
+/// arrives. Called before the start line is printed: a signal sent as soon
+/// as the line is seen must start a graceful shutdown, not kill the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             init_logging(config.log_format);
             runtime.block_on(async {
                 let server = Server::bind(config).await?;
+                let shutdown = shutdown_signal();
                 println!(
                     "headcount listening on {} node {}",
                     server.local_addr(),
@@ -84,7 +89,7 @@ fn main() -> anyhow::Result<()> {
                     max_connections = server.max_connections(),
                     "serving"
                 );
-                server.run(shutdown_signal()).await;
+                server.run(shutdown).await;
                 anyhow::Ok(())
             })?;
         }
