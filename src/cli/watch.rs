@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn sparkline_scales_to_the_maximum() {
         assert_eq!(sparkline([0u64, 4, 8].into_iter(), 10, 8), "▁▅█");
-        assert_eq!(sparkline([1u64, 2, 3].into_iter(), 2, 3), "▅█");
+        assert_eq!(sparkline([1u64, 2, 3].into_iter(), 2, 3), "▆█");
         assert_eq!(sparkline([0u64, 0].into_iter(), 5, 0), "▁▁");
     }
 
