@@ -163,9 +163,9 @@ async fn changes_true_pushes_coalesced_stats_changed_to_those_who_asked() {
     watcher.take_stash();
     // A burst of 61 membership changes in one write burst.
     let mut refs = Vec::new();
-    for i in 0..61 {
+    for i in 0..61u32 {
         let r = json!(format!("b{i}"));
-        let (topic, event, join_ref) = if i % 2 == 0 {
+        let (topic, event, join_ref) = if i.is_multiple_of(2) {
             (format!("rooms:{}", i % 7), "phx_join", r.clone())
         } else {
             // Leave the room the previous frame joined, with its join_ref.

@@ -45,14 +45,18 @@ async fn join_counts_before_its_reply_and_leave_before_its_reply() {
 async fn counts_are_exact_over_many_sockets_and_topics() {
     let server = Server::start(&["--allow-topic", "rooms:*"]);
     let mut clients = Vec::new();
-    for i in 0..30 {
-        let vsn = if i % 2 == 0 { Vsn::V1 } else { Vsn::V2 };
+    for i in 0..30u32 {
+        let vsn = if i.is_multiple_of(2) {
+            Vsn::V1
+        } else {
+            Vsn::V2
+        };
         let mut c = client(server.addr, vsn).await;
         c.join_ok(STREAM, json!({})).await;
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             c.join_ok(STATS, json!({})).await;
         }
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             c.join_ok(&format!("rooms:{}", i % 2), json!({})).await;
         }
         clients.push(c);

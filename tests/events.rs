@@ -13,9 +13,11 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 const T: &str = "2026-01-02T03:04:05.678Z";
+
+/// An expected push: (topic, event, payload).
+type Push = (&'static str, &'static str, Value);
 
 /// A client joined to `topic`, with the join's own push consumed.
 async fn subscriber(addr: SocketAddr, vsn: Vsn, topic: &str, params: Value) -> Client {
@@ -83,7 +85,7 @@ async fn each_event_type_pushes_its_exact_payload_on_each_routed_topic() {
     let mut vsm_v2 = subscriber(addr, Vsn::V2, VSM, json!({"subsystem": "all"})).await;
 
     // (event sent, [(topic, push event, payload)]).
-    let cases: Vec<(Value, Vec<(&str, &str, Value)>)> = vec![
+    let cases: Vec<(Value, Vec<Push>)> = vec![
         (
             json!({"type": "patterns_indexed", "data": {"count": 3, "deduplicated": true, "source": "idx", "timestamp": T, "bogus": 1}}),
             vec![(
@@ -904,8 +906,12 @@ async fn every_subscriber_gets_every_event_exactly_once_v1_and_v2() {
     let server = Server::start(&[]);
     let addr = server.addr;
     let mut subs = Vec::new();
-    for i in 0..200 {
-        let vsn = if i % 2 == 0 { Vsn::V1 } else { Vsn::V2 };
+    for i in 0..200u32 {
+        let vsn = if i.is_multiple_of(2) {
+            Vsn::V1
+        } else {
+            Vsn::V2
+        };
         subs.push(subscriber(addr, vsn, STREAM, json!({})).await);
     }
     assert_eq!(topic_count(&stats(addr).await, STREAM), 200);
@@ -987,8 +993,12 @@ async fn slow_consumer_is_dropped_while_the_rest_receive_everything() {
         .expect("slow connect");
     slow.join_ok(STREAM, json!({})).await;
     let mut readers = Vec::new();
-    for i in 0..6 {
-        let vsn = if i % 2 == 0 { Vsn::V1 } else { Vsn::V2 };
+    for i in 0..6u32 {
+        let vsn = if i.is_multiple_of(2) {
+            Vsn::V1
+        } else {
+            Vsn::V2
+        };
         let mut c = subscriber(addr, vsn, STREAM, json!({})).await;
         readers.push(tokio::spawn(async move {
             let got = until(&mut c, STREAM, |m| m.event == "end").await;
@@ -1003,7 +1013,7 @@ async fn slow_consumer_is_dropped_while_the_rest_receive_everything() {
     while after_drop.is_none_or(|n| sent < n) {
         broadcast(addr, STREAM, "blob", &json!({"seq": sent, "blob": blob})).await;
         sent += 1;
-        if after_drop.is_none() && sent % 8 == 0 {
+        if after_drop.is_none() && sent.is_multiple_of(8) {
             let m = metrics(addr).await;
             if m.value("headcount_slow_consumer_closes_total", &[]) >= 1.0 {
                 after_drop = Some(sent + 20);

@@ -162,11 +162,11 @@ async fn slow_consumer_is_closed_1008_and_counted_down() {
             .await
             .value("headcount_slow_consumer_closes_total", &[]);
         let blob = "q".repeat(16 * 1024);
-        let mut sent = 0;
+        let mut sent = 0u32;
         loop {
             broadcast(addr, "rooms:flood", "blob", &json!({"blob": blob})).await;
             sent += 1;
-            if sent % 8 == 0 {
+            if sent.is_multiple_of(8) {
                 let now = metrics(addr)
                     .await
                     .value("headcount_slow_consumer_closes_total", &[]);
