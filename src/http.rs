@@ -24,6 +24,8 @@ pub const MAX_BATCH: usize = 1000;
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
+        .route("/", get(crate::dashboard::page))
+        .route("/dashboard", get(crate::dashboard::page))
         .route("/socket/websocket", get(upgrade))
         .route("/api/stats", get(local_stats))
         .route("/api/stats/cluster", get(cluster_stats))

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod context;
+pub mod dashboard;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -27,6 +28,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod summary;
 pub mod tally;
 pub mod transport;
 

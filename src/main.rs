@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use headcount::cli::stats::StatsArgs;
+use headcount::cli::watch::WatchArgs;
 use headcount::config::{Config, LogFormat, ServeArgs};
 use headcount::Server;
 use std::io::Write as _;
@@ -26,6 +27,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print a running node's stats as a table (or JSON).
     Stats(StatsArgs),
+    /// Live view of a node's stats in the terminal (Ctrl-C quits).
+    Watch(WatchArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -35,7 +38,7 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
 }
@@ -97,6 +100,7 @@ fn main() -> anyhow::Result<()> {
                 println!();
             }
         }
+        Command::Watch(args) => runtime.block_on(headcount::cli::watch::run(&args))?,
     }
     // Sockets still lingering must not hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

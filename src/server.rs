@@ -108,6 +108,7 @@ impl Server {
         tasks.spawn(channels::stats::run_updates(ctx.clone()));
         tasks.spawn(channels::stats::run_changes(ctx.clone()));
         Cluster::spawn(&ctx, &mut tasks);
+        tasks.spawn(crate::summary::run(ctx.clone(), crate::summary::PERIOD));
         let (stop_http, http_stopped) = watch::channel(false);
         let accept = accept_loop(ctx.clone(), listener, http_stopped);
         let drain = async {

@@ -44,6 +44,17 @@ enum End {
     Close(u16, &'static str),
 }
 
+impl End {
+    /// A short reason for the logs.
+    fn describe(self) -> &'static str {
+        match self {
+            End::Gone => "connection lost",
+            End::PeerClose(_) => "closed by client",
+            End::Close(_, why) => why,
+        }
+    }
+}
+
 /// One membership: the join_ref it was made with, and the values whose drop
 /// ends it in the tally and in the hub.
 struct Joined {
@@ -74,6 +85,11 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Vec<u8>, vsn: Vsn, s
         outbox.close(CloseReason::Shutdown);
     }
     let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
+    tracing::debug!(
+        node = %ctx.config.node,
+        socket_id = registration.id(),
+        "socket opened"
+    );
     let mut s = Session {
         ctx,
         vsn,
@@ -131,7 +147,18 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Vec<u8>, vsn: Vsn, s
         }
     }
     let end = s.end.unwrap_or(End::Gone);
-    tracing::debug!(socket = s.registration.id(), ?end, "socket closing");
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for j in &s.joined {
+            s.log_left(j.membership.topic(), "close");
+        }
+        tracing::debug!(
+            node = %s.ctx.config.node,
+            socket_id = s.registration.id(),
+            reason = end.describe(),
+            memberships = s.joined.len(),
+            "socket closed"
+        );
+    }
     // Every membership and the socket itself stop counting here, before any
     // goodbye is written.
     drop(s);
@@ -328,6 +355,7 @@ impl Session {
             let old = self.joined.swap_remove(i);
             let old_ref = old.join_ref.clone();
             drop(old);
+            self.log_left(&m.topic, "leave");
             self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
             self.push_close(&m.topic, &old_ref);
             return;
@@ -387,6 +415,7 @@ impl Session {
             let old = self.joined.swap_remove(i);
             let old_ref = old.join_ref.clone();
             drop(old);
+            self.log_left(&m.topic, "rejoin");
             self.push_close(&m.topic, &old_ref);
         }
         let tag = match channels::params(&m.payload).and_then(|p| channels::join(channel, &p)) {
@@ -411,7 +440,12 @@ impl Session {
         }
         let join_ref = m.join_ref.clone().unwrap_or_else(|| m.reference.clone());
         let membership = ctx.tally.join(&m.topic);
-        tracing::debug!(node = %ctx.config.node, socket = self.registration.id(), topic = %m.topic, "joined");
+        tracing::debug!(
+            node = %ctx.config.node,
+            socket_id = self.registration.id(),
+            topic = %m.topic,
+            "joined"
+        );
         self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
         let subscription = ctx.hub.subscribe(
             membership.topic().clone(),
@@ -432,6 +466,18 @@ impl Session {
             membership,
             _subscription: subscription,
         });
+    }
+
+    /// The debug line of a membership that ended; `reason` is `leave`,
+    /// `rejoin` (replaced by a second join) or `close` (its socket closed).
+    fn log_left(&self, topic: &str, reason: &'static str) {
+        tracing::debug!(
+            node = %self.ctx.config.node,
+            socket_id = self.registration.id(),
+            topic = %topic,
+            reason,
+            "left"
+        );
     }
 
     fn position(&self, topic: &str) -> Option<usize> {
