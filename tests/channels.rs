@@ -10,6 +10,23 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
+/// Milliseconds since the epoch of a `YYYY-MM-DDTHH:MM:SS.mmmZ` timestamp.
+fn millis(ts: &Value) -> i64 {
+    assert_timestamp(ts);
+    let s = ts.as_str().unwrap();
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + n(11..13)) * 60 + n(14..16)) * 60_000 + n(17..19) * 1000 + n(20..23)
+}
+
 fn assert_monitoring(m: &Value, node: &str) {
     let o = m.as_object().expect("monitoring is an object");
     let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
@@ -161,8 +178,8 @@ async fn changes_true_pushes_coalesced_stats_changed_to_those_who_asked() {
         }
     }
     watcher.take_stash();
-    // A burst of 61 membership changes in one write burst.
-    let mut refs = Vec::new();
+    // 61 membership changes spread over about a second (each waits for its
+    // reply, then a short pause), so an uncoalesced stream would carry ~61.
     for i in 0..61u32 {
         let r = json!(format!("b{i}"));
         let (topic, event, join_ref) = if i.is_multiple_of(2) {
@@ -179,34 +196,34 @@ async fn changes_true_pushes_coalesced_stats_changed_to_those_who_asked() {
         churn
             .send(join_ref, r.clone(), &topic, event, json!({}))
             .await;
-        refs.push((topic, r));
-    }
-    for (topic, r) in &refs {
-        churn.reply_to(topic, r).await.assert_ok();
+        churn.reply_to(&topic, &r).await.assert_ok();
+        tokio::time::sleep(Duration::from_millis(12)).await;
     }
     // Final: churn holds rooms:4 (the 61st change, i = 60, 60 % 7 = 4).
     let final_stats = stats(server.addr).await;
     assert_eq!(final_stats["connection_count"], 3, "{final_stats}");
     assert_eq!(topic_count(&final_stats, "rooms:4"), 1, "{final_stats}");
-    let mut arrivals = Vec::new();
+    assert_eq!(millis(&json!("1970-01-02T00:00:01.500Z")), 86_401_500);
+    assert_eq!(millis(&json!("2000-03-01T00:00:00.000Z")), 951_868_800_000);
+    let mut stamps = Vec::new();
     loop {
         let m = watcher.expect_event(STATS, "stats_changed").await;
-        arrivals.push(Instant::now());
         assert_local_stats(&m.payload, &server.node);
+        stamps.push(millis(&m.payload["timestamp"]));
         if m.payload["connection_count"] == 3 && topic_count(&m.payload, "rooms:4") == 1 {
             break;
         }
     }
-    // Coalesced: at most one per 100 ms (with slack for delivery jitter),
-    // far fewer than the 61 changes.
-    let span = arrivals.last().unwrap().duration_since(arrivals[0]);
-    let bound = (span.as_millis() / 100) as usize + 2;
-    assert!(
-        arrivals.len() <= bound,
-        "{} stats_changed in {span:?}: not coalesced to one per 100 ms",
-        arrivals.len()
-    );
-    assert!(arrivals.len() < 30, "{} stats_changed", arrivals.len());
+    // Coalesced: the server stamped consecutive pushes at least 100 ms
+    // apart (1 ms for rounding), and far fewer than the 61 changes came.
+    for w in stamps.windows(2) {
+        assert!(
+            w[1] - w[0] >= 99,
+            "stats_changed {} ms apart: {stamps:?}",
+            w[1] - w[0]
+        );
+    }
+    assert!(stamps.len() < 30, "{} stats_changed", stamps.len());
     // The member without changes:true got none.
     plain
         .request(STATS, "get_local_stats", json!({}))
