@@ -236,20 +236,28 @@ async fn max_connections_refuses_with_503_and_recovers_when_a_socket_closes() {
 
 #[tokio::test]
 async fn default_max_connections_is_the_file_limit_less_a_reserve() {
-    // Hard and soft file limit 130: the default limit is 30 sockets.
-    let server = Server::builder().nofile(130).start();
+    // Hard and soft file limit 200, no --max-connections: sockets stop
+    // being accepted below the file limit, with a 503, while HTTP still has
+    // descriptors to answer with (the reserve).
+    let server = Server::builder().nofile(200).start();
     let addr = server.addr;
     let mut held = Vec::new();
-    for _ in 0..30 {
-        held.push(v2(addr).await);
-    }
-    let err = try_connect(addr, "vsn=2.0.0", ConnectOpts::default())
-        .await
-        .err()
-        .expect("socket 31 must be refused");
-    assert_eq!(refusal_status(&err), Some(503), "{err}");
+    let refusal = loop {
+        match try_connect(addr, "vsn=2.0.0", ConnectOpts::default()).await {
+            Ok(c) => held.push(c),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 200, "no limit below the file limit");
+    };
+    assert_eq!(refusal_status(&refusal), Some(503), "{refusal}");
+    let m = held.len();
+    assert!(
+        (1..=190).contains(&m),
+        "{m} sockets: the default limit keeps a reserve below 200 files"
+    );
     let s = stats(addr).await;
-    assert_eq!(s["socket_count"], 30, "{s}");
+    assert_eq!(s["socket_count"], m as u64, "{s}");
+    assert_eq!(get(addr, "/metrics").await.status, 200);
     held.pop().unwrap().close().await;
     eventually("a socket is accepted again", || async {
         try_connect(addr, "vsn=2.0.0", ConnectOpts::default())
