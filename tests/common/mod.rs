@@ -41,7 +41,7 @@ pub struct Server {
     pub addr: SocketAddr,
     pub node: String,
     pub start_line: String,
-    stderr: Arc<Mutex<String>>,
+    stderr: Output,
 }
 
 pub struct ServerBuilder {
@@ -56,16 +56,80 @@ pub fn bin() -> &'static str {
 }
 
 /// A `headcount` command with no `HEADCOUNT_*` settings inherited from the
-/// environment the tests run in.
-pub fn command() -> Command {
+/// environment the tests run in, and nothing else changed.
+pub fn bare_command() -> Command {
     let mut cmd = Command::new(bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("HEADCOUNT_") {
             cmd.env_remove(k);
         }
     }
+    cmd
+}
+
+/// `bare_command()` logging at `info`, without colours.
+pub fn command() -> Command {
+    let mut cmd = bare_command();
     cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
     cmd
+}
+
+/// A free TCP port on 127.0.0.1 (bound once, then released): nothing
+/// listens there until someone binds it again.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Everything a child wrote on one stream, gathered by a reader thread
+/// (at most the first MiB or so).
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<Vec<u8>>>);
+
+impl Output {
+    pub fn gather(&self, mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<()> {
+        let sink = self.0.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // A pty master reads EIO once the child side is closed: the end.
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut s = sink.lock().unwrap();
+                if s.len() < 1 << 20 {
+                    s.extend_from_slice(&buf[..n]);
+                }
+            }
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The complete (newline-terminated) lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        let text = self.text();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete.lines().map(str::to_owned).collect()
+    }
+
+    /// Polls every 20 ms until `pred` holds; panics after `TIMEOUT` with
+    /// the output so far.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Output) -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !pred(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; output so far:\n{:?}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl ServerBuilder {
@@ -127,21 +191,8 @@ impl ServerBuilder {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", bin()))?;
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().expect("stderr piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let mut s = sink.lock().unwrap();
-                if s.len() < 1 << 20 {
-                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }
-        });
+        let stderr = Output::default();
+        stderr.gather(child.stderr.take().expect("stderr piped"));
         let out = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -164,7 +215,7 @@ impl ServerBuilder {
                 std::thread::sleep(Duration::from_millis(50));
                 return Err(format!(
                     "no start line ({other:?}), status {status:?}, stderr:\n{}",
-                    stderr.lock().unwrap()
+                    stderr.text()
                 ));
             }
         };
@@ -194,7 +245,8 @@ pub fn parse_start_line(line: &str) -> Option<(SocketAddr, String)> {
     Some((addr.parse().ok()?, node.to_owned()))
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+/// Waits up to `limit` for `child` to exit.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -241,8 +293,19 @@ impl Server {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// SIGKILL, and reap the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.text()
+    }
+
+    /// The complete lines the server has written to stderr so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lines()
     }
 
     pub fn http_url(&self) -> String {
@@ -252,8 +315,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         if std::thread::panicking() {
             std::thread::sleep(Duration::from_millis(50));
             let err = self.stderr();
@@ -291,6 +353,25 @@ where
             panic!("timed out waiting for: {what}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` every 10 ms until it holds, or panics after `within`
+/// naming `what`; returns how long it took (for tests that bound it).
+pub async fn wait_for<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        if start.elapsed() > within {
+            panic!("not within {within:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -520,6 +601,12 @@ pub async fn stats(addr: SocketAddr) -> Value {
     res.json()
 }
 
+pub async fn cluster_stats(addr: SocketAddr) -> Value {
+    let res = get(addr, "/api/stats/cluster").await;
+    assert_eq!(res.status, 200, "/api/stats/cluster: {}", res.text());
+    res.json()
+}
+
 /// Members of `topic` over all nodes in a LocalStats/ClusterStats value (0
 /// when the topic is absent).
 pub fn topic_count(stats: &Value, topic: &str) -> u64 {
@@ -669,6 +756,15 @@ impl Metrics {
     /// Like `get`, 0 when absent (a counter not yet incremented).
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels).unwrap_or(0.0)
+    }
+
+    /// The sample `name` without labels; panics when there is none.
+    pub fn unlabelled(&self, name: &str) -> f64 {
+        self.samples
+            .iter()
+            .find(|s| s.name == name && s.labels.is_empty())
+            .map(|s| s.value)
+            .unwrap_or_else(|| panic!("no unlabelled sample {name} in:\n{}", self.text))
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -828,6 +924,8 @@ pub struct Client {
     join_refs: HashMap<String, Value>,
     stash: VecDeque<Msg>,
     closed: Option<Closed>,
+    /// How long one expectation (a reply, a message, the close) may take.
+    timeout: Duration,
     pub response: tungstenite::handshake::client::Response,
 }
 
@@ -884,6 +982,7 @@ pub async fn try_connect(
         join_refs: HashMap::new(),
         stash: VecDeque::new(),
         closed: None,
+        timeout: TIMEOUT,
         response,
     })
 }
@@ -996,6 +1095,13 @@ pub fn decode(vsn: Vsn, text: &str) -> Msg {
 }
 
 impl Client {
+    /// Waits at most `limit` (instead of `TIMEOUT`) for each expected reply,
+    /// message or close.
+    pub fn with_timeout(mut self, limit: Duration) -> Client {
+        self.timeout = limit;
+        self
+    }
+
     pub fn fresh_ref(&mut self) -> String {
         self.next_ref += 1;
         self.next_ref.to_string()
@@ -1140,10 +1246,10 @@ impl Client {
         if let Some(m) = self.stash.pop_front() {
             return m;
         }
-        match self.read_frame(TIMEOUT).await {
+        match self.read_frame(self.timeout).await {
             Some(Ok(m)) => m,
             Some(Err(c)) => panic!("socket closed ({c:?}) while waiting for a message"),
-            None => panic!("no message within {TIMEOUT:?}"),
+            None => panic!("no message within {:?}", self.timeout),
         }
     }
 
@@ -1153,7 +1259,7 @@ impl Client {
         if let Some(i) = self.stash.iter().position(&pred) {
             return self.stash.remove(i).expect("index in range");
         }
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.read_frame(left).await {
@@ -1187,13 +1293,13 @@ impl Client {
     /// Reads until the server closes the connection; panics on timeout.
     /// Messages read meanwhile are kept in the stash.
     pub async fn expect_closed(&mut self) -> Closed {
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.read_frame(left).await {
                 Some(Ok(m)) => self.stash.push_back(m),
                 Some(Err(c)) => return c,
-                None => panic!("server did not close the socket within {TIMEOUT:?}"),
+                None => panic!("server did not close the socket within {:?}", self.timeout),
             }
         }
     }
@@ -1215,11 +1321,27 @@ impl Client {
         }
     }
 
+    /// Reads until nothing has arrived for `quiet` (or the socket is
+    /// closed); returns every message received and not yet consumed,
+    /// replies left out, in order.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Msg> {
+        while let Some(Ok(m)) = self.read_frame(quiet).await {
+            self.stash.push_back(m);
+        }
+        self.stash.drain(..).filter(|m| !m.is_reply()).collect()
+    }
+
     /// A clean close: close frame, then wait for the server's.
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
+    pub async fn close(self) {
+        let _ = self.try_close().await;
+    }
+
+    /// `close`, returning whether the close frame could be sent.
+    pub async fn try_close(mut self) -> Result<(), tungstenite::Error> {
+        let sent = self.ws.close(None).await;
+        let deadline = tokio::time::Instant::now() + self.timeout;
         while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
+        sent
     }
 
     /// Drops the TCP connection with a RST (SO_LINGER 0): no close frame,
