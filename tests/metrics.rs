@@ -3,17 +3,16 @@
 //! follow Prometheus conventions, every figure an alert needs is there, the
 //! count figures equal `/api/stats` at every quiet moment, cluster gauges
 //! appear only with `--redis`, and `deploy/alerts.yml` names only metrics
-//! the node exports. Helpers are local to this file on purpose.
+//! the node exports. The strict exposition-format parser is local to this
+//! file; the node, HTTP and the client come from `tests/common`.
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+mod common;
+
+use common::{free_port, get, stats, v2, wait_stats, Server};
+use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
+use std::time::Duration;
 
 const NODE: &str = "metrics@test";
 const BUILTIN: [&str; 3] = ["patterns:stats", "patterns:stream", "patterns:vsm"];
@@ -24,172 +23,24 @@ const CLUSTER_ONLY: [&str; 3] = [
     "headcount_cluster_oldest_node_age_seconds",
 ];
 
-// ---- a node ---------------------------------------------------------------
-
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(args: &[&str]) -> Node {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_headcount"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HEADCOUNT_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .args(["serve", "--bind", "127.0.0.1:0", "--node", NODE])
-        .args(args)
+/// `headcount serve` on a free port as node `NODE`, logging warnings only.
+fn start(args: &[&str]) -> Server {
+    Server::builder()
+        .args(["--node", NODE])
+        .args(args.iter().copied())
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn headcount serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("read the start line");
-    let addr = line
-        .strip_prefix("headcount listening on ")
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected start line {line:?}"));
-    Node { child, addr }
+        .start()
 }
 
-/// `GET path` over HTTP/1.1 with `Connection: close`: (status, body).
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .expect("response within 10 s")
-        .unwrap();
-    let text = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
-}
-
-async fn stats(addr: SocketAddr) -> Value {
-    let (status, body) = get(addr, "/api/stats").await;
-    assert_eq!(status, 200);
-    serde_json::from_str(&body).unwrap()
-}
-
+/// `/metrics`, parsed under the exposition format's rules (common's
+/// `metrics` only reads values; this one validates the text).
 async fn metrics(addr: SocketAddr) -> Exposition {
-    let (status, body) = get(addr, "/metrics").await;
-    assert_eq!(status, 200);
+    let res = get(addr, "/metrics").await;
+    assert_eq!(res.status, 200);
+    let body = String::from_utf8(res.body).expect("UTF-8 response");
     match Exposition::parse(&body) {
         Ok(e) => e,
         Err(why) => panic!("/metrics is not valid Prometheus text: {why}\n{body}"),
-    }
-}
-
-// ---- a Phoenix V2 client ------------------------------------------------------
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-struct Client {
-    ws: Ws,
-    next_ref: u64,
-    /// topic → join_ref of its membership; later pushes must carry it.
-    joins: BTreeMap<String, String>,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0");
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Client {
-            ws,
-            next_ref: 0,
-            joins: BTreeMap::new(),
-        }
-    }
-
-    async fn send_text(&mut self, text: String) {
-        self.ws.send(Message::Text(text.into())).await.unwrap();
-    }
-
-    /// Pushes `event` and waits for its reply; returns the reply's status.
-    async fn request(&mut self, topic: &str, event: &str, payload: Value) -> String {
-        self.next_ref += 1;
-        let r = self.next_ref.to_string();
-        let join_ref = if event == "phx_join" {
-            self.joins.insert(topic.to_owned(), r.clone());
-            Some(r.clone())
-        } else {
-            self.joins.get(topic).cloned()
-        };
-        let frame = serde_json::json!([join_ref, r, topic, event, payload]).to_string();
-        self.send_text(frame).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let msg = tokio::time::timeout_at(deadline.into(), self.ws.next())
-                .await
-                .expect("reply within 10 s")
-                .expect("socket open")
-                .unwrap();
-            let Message::Text(text) = msg else { continue };
-            let v: Value = serde_json::from_str(&text).unwrap();
-            if v[1] == r.as_str() && v[3] == "phx_reply" {
-                return v[4]["status"].as_str().unwrap_or("").to_owned();
-            }
-        }
-    }
-
-    async fn join(&mut self, topic: &str) {
-        let status = self.request(topic, "phx_join", serde_json::json!({})).await;
-        assert_eq!(status, "ok", "join {topic}");
-    }
-
-    async fn leave(&mut self, topic: &str) {
-        let status = self
-            .request(topic, "phx_leave", serde_json::json!({}))
-            .await;
-        assert_eq!(status, "ok", "leave {topic}");
-    }
-
-    async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-        while let Some(Ok(_)) = self.ws.next().await {}
     }
 }
 
@@ -532,16 +383,16 @@ async fn metric_figures_equal_api_stats_through_joins_leaves_and_closes() {
     let node = start(&["--allow-topic", "rooms:*"]);
     assert_metrics_equal_stats(node.addr).await;
 
-    let mut a = Client::connect(node.addr).await;
-    a.join("patterns:stream").await;
-    a.join("patterns:stats").await;
-    let mut b = Client::connect(node.addr).await;
-    b.join("patterns:stream").await;
-    b.join("patterns:vsm").await;
-    b.join("rooms:a").await;
-    let mut c = Client::connect(node.addr).await;
-    c.join("rooms:b").await;
-    c.join("rooms:b").await; // a second join replaces the first
+    let mut a = v2(node.addr).await;
+    a.join_ok("patterns:stream", json!({})).await;
+    a.join_ok("patterns:stats", json!({})).await;
+    let mut b = v2(node.addr).await;
+    b.join_ok("patterns:stream", json!({})).await;
+    b.join_ok("patterns:vsm", json!({})).await;
+    b.join_ok("rooms:a", json!({})).await;
+    let mut c = v2(node.addr).await;
+    c.join_ok("rooms:b", json!({})).await;
+    c.join_ok("rooms:b", json!({})).await; // a second join replaces the first
     assert_metrics_equal_stats(node.addr).await;
     let m = metrics(node.addr).await;
     assert_eq!(m.value("headcount_memberships", &[]), 6.0);
@@ -555,12 +406,12 @@ async fn metric_figures_equal_api_stats_through_joins_leaves_and_closes() {
     );
 
     // Refusals are counted by reason.
-    let refused = c.request("nope:x", "phx_join", serde_json::json!({})).await;
-    assert_eq!(refused, "error");
-    c.send_text("this is not json".into()).await;
-    c.send_text(r#"["1","2","rooms:b"]"#.into()).await;
-    c.leave("rooms:b").await;
-    b.leave("patterns:vsm").await;
+    let refused = c.join("nope:x", json!({})).await;
+    assert_eq!(refused.status, "error");
+    c.send_text("this is not json").await;
+    c.send_text(r#"["1","2","rooms:b"]"#).await;
+    c.leave("rooms:b").await.assert_ok();
+    b.leave("patterns:vsm").await.assert_ok();
     assert_metrics_equal_stats(node.addr).await;
     let m = metrics(node.addr).await;
     assert_eq!(
@@ -580,13 +431,9 @@ async fn metric_figures_equal_api_stats_through_joins_leaves_and_closes() {
     assert_eq!(m.value("headcount_leaves_total", &[]), 3.0);
 
     a.close().await;
-    drop(b); // gone without a close frame
+    b.vanish(); // gone without a close frame
     c.close().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stats(node.addr).await["socket_count"] != 0 {
-        assert!(Instant::now() < deadline, "sockets did not close");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stats(node.addr, "sockets closed", |s| s["socket_count"] == 0).await;
     quiet().await;
     assert_metrics_equal_stats(node.addr).await;
     let m = metrics(node.addr).await;
@@ -601,9 +448,7 @@ async fn metric_figures_equal_api_stats_through_joins_leaves_and_closes() {
 #[tokio::test]
 async fn cluster_mode_exports_redis_up_and_cluster_gauges() {
     // A port nothing listens on: Redis is down, and the metric says so.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = free_port();
     let node = start(&["--redis", &format!("redis://127.0.0.1:{port}")]);
     let m = metrics(node.addr).await;
     for name in CLUSTER_ONLY {
