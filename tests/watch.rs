@@ -1,124 +1,48 @@
 //! `headcount watch` as a person runs it: in a pseudo-terminal, redrawing in
 //! place as counts change, quitting on Ctrl-C with exit code 0 and the
 //! terminal restored; piped, printing plain frames; and carrying on while
-//! the node is unreachable. Helpers are local to this file on purpose.
+//! the node is unreachable. The node, its client and output capture come
+//! from `tests/common`; the pseudo-terminal is local to this file.
 
-use futures_util::{SinkExt, StreamExt};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+mod common;
+
+use common::{bare_command, free_port, v2, wait_exit, Output, Server, STREAM};
+use serde_json::json;
+use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::Duration;
 
 const HOME: &str = "\x1b[H";
 const ENTER: &str = "\x1b[?1049h\x1b[?25l";
 const RESTORE: &str = "\x1b[?25h\x1b[?1049l";
 
-fn command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_headcount"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HEADCOUNT_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node() -> Node {
-    let mut child = command()
-        .args(["serve", "--bind", "127.0.0.1:0", "--node", "watch@test"])
+fn start_node() -> Server {
+    Server::builder()
+        .args(["--node", "watch@test"])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn headcount serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .strip_prefix("headcount listening on ")
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected start line {line:?}"));
-    Node { child, addr }
+        .start()
 }
 
-/// Everything a child wrote, gathered by a reader thread.
-#[derive(Clone, Default)]
-struct Output(Arc<Mutex<Vec<u8>>>);
-
-impl Output {
-    fn gather(&self, mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<()> {
-        let sink = self.0.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            // A pty master reads EIO once the child side is closed: the end.
-            while let Ok(n) = from.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// The newest complete frame (the text between the last two cursor-home
-    /// sequences), or the whole output if there is none.
-    fn last_frame(&self) -> String {
-        let text = self.text();
-        let starts: Vec<usize> = text.match_indices(HOME).map(|(i, _)| i).collect();
-        match starts.len() {
-            0 => text,
-            1 => text[starts[0]..].to_owned(),
-            n => text[starts[n - 2]..starts[n - 1]].to_owned(),
-        }
-    }
-
-    fn wait_for(&self, what: &str, pred: impl Fn(&Output) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !pred(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; output so far:\n{:?}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+/// The newest complete frame (the text between the last two cursor-home
+/// sequences), or the whole output if there is none.
+fn last_frame(out: &Output) -> String {
+    let text = out.text();
+    let starts: Vec<usize> = text.match_indices(HOME).map(|(i, _)| i).collect();
+    match starts.len() {
+        0 => text,
+        1 => text[starts[0]..].to_owned(),
+        n => text[starts[n - 2]..starts[n - 1]].to_owned(),
     }
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("watch did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Waits for `child` to exit; kills it and fails the test after `limit`.
+fn exit_within(child: &mut Child, limit: Duration) -> ExitStatus {
+    wait_exit(child, limit).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("watch did not exit within {limit:?}");
+    })
 }
 
 /// A pseudo-terminal of `cols` × `rows`: (master, slave).
@@ -149,7 +73,7 @@ fn openpty(cols: u16, rows: u16) -> (OwnedFd, OwnedFd) {
 /// terminal, so a Ctrl-C typed on the master reaches it as SIGINT.
 fn watch_in_pty(args: &[&str]) -> (Child, std::fs::File, Output) {
     let (master, slave) = openpty(100, 40);
-    let mut cmd = command();
+    let mut cmd = bare_command();
     cmd.arg("watch")
         .args(args)
         .env("TERM", "xterm-256color")
@@ -173,29 +97,6 @@ fn watch_in_pty(args: &[&str]) -> (Child, std::fs::File, Output) {
     (child, master, output)
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn join_stream(addr: SocketAddr) -> Ws {
-    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws.send(Message::Text(
-        r#"["1","1","patterns:stream","phx_join",{}]"#.into(),
-    ))
-    .await
-    .unwrap();
-    loop {
-        let Some(Ok(Message::Text(t))) = ws.next().await else {
-            panic!("socket closed before the join reply")
-        };
-        if t.contains("phx_reply") {
-            assert!(t.contains(r#""status":"ok""#), "{t}");
-            break;
-        }
-    }
-    ws
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_redraws_in_place_and_quits_cleanly_on_ctrl_c() {
     let node = start_node();
@@ -207,27 +108,28 @@ async fn watch_redraws_in_place_and_quits_cleanly_on_ctrl_c() {
         out.text().starts_with(ENTER),
         "alternate screen, hidden cursor"
     );
-    let socket = join_stream(node.addr).await;
+    let mut socket = v2(node.addr).await;
+    socket.join_ok(STREAM, json!({})).await;
     out.wait_for("a redraw with the new membership", |o| {
-        o.last_frame().contains("connections  1")
+        last_frame(o).contains("connections  1")
     });
-    let frame = out.last_frame();
+    let frame = last_frame(&out);
     assert!(frame.contains("stream       1"), "{frame:?}");
     assert!(frame.contains("patterns:stream"), "{frame:?}");
     assert!(frame.contains("watch@test"), "{frame:?}");
-    drop(socket);
+    socket.vanish();
     out.wait_for("a redraw after the socket left", |o| {
-        o.last_frame().contains("connections  0")
+        last_frame(o).contains("connections  0")
     });
     let frames = out.text().matches(HOME).count();
     assert!(frames >= 3, "{frames} redraws");
     // In place: one clear of the whole screen, then cursor-home redraws
     // that never scroll past the 40 rows of the terminal.
     assert_eq!(out.text().matches("\x1b[2J").count(), 1);
-    assert!(out.last_frame().lines().count() <= 40);
+    assert!(last_frame(&out).lines().count() <= 40);
 
     master.write_all(&[0x03]).unwrap(); // Ctrl-C
-    let status = wait_exit(&mut child, Duration::from_secs(5));
+    let status = exit_within(&mut child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "exit code after Ctrl-C");
     out.wait_for("the terminal restored", |o| o.text().ends_with(RESTORE));
     assert!(
@@ -238,9 +140,7 @@ async fn watch_redraws_in_place_and_quits_cleanly_on_ctrl_c() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_keeps_running_while_the_node_is_unreachable() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let url = format!("http://127.0.0.1:{}", free_port());
     let (mut child, _master, out) = watch_in_pty(&["--url", &url, "--interval-ms", "100"]);
     out.wait_for("the error line", |o| o.text().contains("! cannot reach"));
     out.wait_for("a second attempt", |o| {
@@ -249,7 +149,7 @@ async fn watch_keeps_running_while_the_node_is_unreachable() {
     assert!(child.try_wait().unwrap().is_none(), "still running");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = wait_exit(&mut child, Duration::from_secs(5));
+    let status = exit_within(&mut child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(0));
     out.wait_for("the terminal restored", |o| o.text().ends_with(RESTORE));
 }
@@ -257,7 +157,7 @@ async fn watch_keeps_running_while_the_node_is_unreachable() {
 #[test]
 fn watch_piped_prints_plain_frames_and_exits_0_on_sigint() {
     let node = start_node();
-    let mut child = command()
+    let mut child = bare_command()
         .args(["watch", "--cluster", "--interval-ms", "100"])
         .args(["--url", &format!("http://{}", node.addr)])
         .stdin(Stdio::null())
@@ -272,7 +172,7 @@ fn watch_piped_prints_plain_frames_and_exits_0_on_sigint() {
     });
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = wait_exit(&mut child, Duration::from_secs(5));
+    let status = exit_within(&mut child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(0));
     reader.join().unwrap();
     let text = out.text();
