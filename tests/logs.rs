@@ -2,116 +2,47 @@
 //! level, every membership event — join, leave, a join replaced by a second
 //! one, a socket closing with memberships — is one JSON line carrying the
 //! node, the socket id and the topic. (The per-minute totals line is
-//! covered by the unit test in `src/summary.rs`.) Helpers are local to this
-//! file on purpose.
+//! covered by the unit test in `src/summary.rs`.) The node, its captured
+//! stderr and the client come from `tests/common`.
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::{v2, Server, TIMEOUT};
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 const NODE: &str = "logs@test";
 
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
+/// A node logging JSON at debug level; its stderr is captured.
+fn start() -> Server {
+    Server::builder()
+        .args(["--node", NODE, "--log-format", "json"])
+        .env("RUST_LOG", "headcount=debug")
+        .start()
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Every complete log line so far, each parsed as JSON (a line that is not
+/// JSON fails the test).
+fn records(node: &Server) -> Vec<Value> {
+    node.stderr_lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
 }
 
-impl Node {
-    fn start() -> Node {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_headcount"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("HEADCOUNT_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .args(["serve", "--bind", "127.0.0.1:0", "--node", NODE])
-            .args(["--log-format", "json"])
-            .env("RUST_LOG", "headcount=debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn headcount serve");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .strip_prefix("headcount listening on ")
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected start line {line:?}"));
-        Node { child, addr, lines }
-    }
-
-    /// Every log line so far, each parsed as JSON (a line that is not JSON
-    /// fails the test).
-    fn records(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
-    }
-
-    fn wait_for(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let records = self.records();
-            if pred(&records) {
-                return records;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; logs:\n{}",
-                self.lines.lock().unwrap().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Sends a V2 frame and waits for the reply to `reference`.
-async fn request(ws: &mut Ws, join_ref: &str, reference: &str, topic: &str, event: &str) {
-    let frame = serde_json::json!([join_ref, reference, topic, event, {}]).to_string();
-    ws.send(Message::Text(frame.into())).await.unwrap();
+fn wait_for(node: &Server, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + TIMEOUT;
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("reply within 10 s")
-            .expect("socket open")
-            .unwrap();
-        let Message::Text(text) = msg else { continue };
-        let v: Value = serde_json::from_str(&text).unwrap();
-        if v[1] == reference && v[3] == "phx_reply" {
-            assert_eq!(v[4]["status"], "ok", "{text}");
-            return;
+        let records = records(node);
+        if pred(&records) {
+            return records;
         }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; logs:\n{}",
+            node.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -124,18 +55,18 @@ fn membership_events<'a>(records: &'a [Value], message: &str) -> Vec<&'a Value> 
 
 #[tokio::test]
 async fn json_logs_carry_node_socket_and_topic_on_every_membership_event() {
-    let node = Node::start();
-    let url = format!("ws://{}/socket/websocket?vsn=2.0.0", node.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    request(&mut ws, "1", "1", "patterns:stream", "phx_join").await;
-    request(&mut ws, "2", "2", "patterns:stats", "phx_join").await;
-    request(&mut ws, "3", "3", "patterns:stream", "phx_join").await; // replaces "1"
-    request(&mut ws, "2", "4", "patterns:stats", "phx_leave").await;
-    request(&mut ws, "5", "5", "patterns:vsm", "phx_join").await;
-    ws.close(None).await.unwrap();
-    while let Some(Ok(_)) = ws.next().await {}
+    let node = start();
+    let mut ws = v2(node.addr).await;
+    // Refs count up from 1, a join's ref is its join_ref: the frames are
+    // (join_ref, ref) 1,1 / 2,2 / 3,3 / 2,4 / 5,5.
+    ws.join_ok("patterns:stream", json!({})).await;
+    ws.join_ok("patterns:stats", json!({})).await;
+    ws.join_ok("patterns:stream", json!({})).await; // replaces "1"
+    ws.leave("patterns:stats").await.assert_ok();
+    ws.join_ok("patterns:vsm", json!({})).await;
+    ws.try_close().await.unwrap();
 
-    let records = node.wait_for("the socket closed line", |r| {
+    let records = wait_for(&node, "the socket closed line", |r| {
         r.iter().any(|r| r["message"] == "socket closed")
     });
     let joined = membership_events(&records, "joined");
