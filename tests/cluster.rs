@@ -3,8 +3,12 @@
 //! SPEC §3.2 / §6.1 through WebSockets, HTTP and Redis itself.
 
 mod cluster_support;
+mod common;
 
-use cluster_support::{cluster, wait_for, Client, Node, Push, Redis, GOING_AWAY};
+use cluster_support::{client_of, cluster, start_node, Redis};
+use common::{
+    cluster_stats, get, metrics, post_json, stats, wait_for, Client, Closed, Msg, Server,
+};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -45,6 +49,11 @@ async fn wait_subscribed(redis: &Redis, prefix: &str, n: usize) {
         async move { reply == want }
     })
     .await;
+}
+
+/// The unlabelled sample `name` of the node's `/metrics` (fails when absent).
+async fn metric(node: &Server, name: &str) -> f64 {
+    metrics(node.addr).await.unlabelled(name)
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -135,21 +144,21 @@ async fn cluster_sums_are_exact_after_random_churn_on_every_node() {
         match rng.below(10) {
             0 | 1 if clients.len() < 24 => {
                 let node = rng.below(nodes.len());
-                clients.push((node, nodes[node].client().await, BTreeSet::new()));
+                clients.push((node, client_of(&nodes[node]).await, BTreeSet::new()));
             }
             2..=6 if !clients.is_empty() => {
                 let i = rng.below(clients.len());
                 let topic = topics[rng.below(topics.len())];
                 let (_, client, joined) = &mut clients[i];
                 // A repeated join replaces the membership: net zero.
-                client.join(topic).await;
+                client.join_ok(topic, json!({})).await;
                 joined.insert(topic);
             }
             7 | 8 if !clients.is_empty() => {
                 let i = rng.below(clients.len());
                 let (_, client, joined) = &mut clients[i];
                 if let Some(topic) = joined.iter().nth(rng.below(joined.len().max(1))).copied() {
-                    client.leave(topic).await;
+                    client.leave(topic).await.assert_ok();
                     joined.remove(topic);
                 }
             }
@@ -163,10 +172,10 @@ async fn cluster_sums_are_exact_after_random_churn_on_every_node() {
     }
     let mut expected: BTreeMap<String, Figures> = nodes
         .iter()
-        .map(|n| (n.name.clone(), Figures::default()))
+        .map(|n| (n.node.clone(), Figures::default()))
         .collect();
     for (node, _, joined) in &clients {
-        let f = expected.entry(nodes[*node].name.clone()).or_default();
+        let f = expected.entry(nodes[*node].node.clone()).or_default();
         f.sockets += 1;
         for t in joined {
             *f.topics.entry((*t).to_owned()).or_default() += 1;
@@ -177,13 +186,13 @@ async fn cluster_sums_are_exact_after_random_churn_on_every_node() {
         let took = wait_for(
             Duration::from_secs(1),
             "exact cluster figures on every node",
-            || async { matches_cluster(&node.cluster_stats().await, &expected) },
+            || async { matches_cluster(&cluster_stats(node.addr).await, &expected) },
         )
         .await;
-        println!("{} exact after {took:?}", node.name);
+        println!("{} exact after {took:?}", node.node);
     }
     for node in &nodes {
-        check_local_answer(&node.local_stats().await, &node.name, &expected[&node.name]);
+        check_local_answer(&stats(node.addr).await, &node.node, &expected[&node.node]);
     }
 }
 
@@ -191,24 +200,24 @@ async fn cluster_sums_are_exact_after_random_churn_on_every_node() {
 async fn a_change_on_one_node_is_seen_from_another_within_500ms() {
     let redis = Redis::start();
     let nodes = cluster(&redis, 3, &["--allow-topic", "rooms:*"]).await;
-    let mut client = nodes[0].client().await;
+    let mut client = client_of(&nodes[0]).await;
     let mut joins = Vec::new();
     let mut leaves = Vec::new();
     for _ in 0..10 {
         // Joins come after a pause (an isolated change); leaves right after
         // the join was seen (within the 100 ms batching window).
         tokio::time::sleep(Duration::from_millis(150)).await;
-        client.join("rooms:p").await;
+        client.join_ok("rooms:p", json!({})).await;
         joins.push(
             wait_for(Duration::from_millis(500), "join seen from n2", || async {
-                nodes[1].cluster_stats().await["connections_by_topic"]["rooms:p"]["n1"] == 1
+                cluster_stats(nodes[1].addr).await["connections_by_topic"]["rooms:p"]["n1"] == 1
             })
             .await,
         );
-        client.leave("rooms:p").await;
+        client.leave("rooms:p").await.assert_ok();
         leaves.push(
             wait_for(Duration::from_millis(500), "leave seen from n3", || async {
-                nodes[2].cluster_stats().await["connections_by_topic"]
+                cluster_stats(nodes[2].addr).await["connections_by_topic"]
                     .get("rooms:p")
                     .is_none()
             })
@@ -224,12 +233,12 @@ async fn a_change_on_one_node_is_seen_from_another_within_500ms() {
     );
 
     // The same answer over the socket, with the SPEC shape.
-    let mut stats = nodes[2].client().await;
-    stats.join("patterns:stats").await;
-    let (status, v) = stats
+    let mut stats = client_of(&nodes[2]).await;
+    stats.join_ok("patterns:stats", json!({})).await;
+    let reply = stats
         .request("patterns:stats", "get_cluster_stats", json!({}))
         .await;
-    assert_eq!(status, "ok");
+    let v = reply.assert_ok();
     assert_eq!(v["cluster_size"], 3, "{v}");
     assert_eq!(v["source"], "cluster");
     assert_eq!(v["degraded"], false);
@@ -253,7 +262,7 @@ async fn a_change_on_one_node_is_seen_from_another_within_500ms() {
     let mut latencies = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();
-        let v = nodes[1].cluster_stats().await;
+        let v = cluster_stats(nodes[1].addr).await;
         latencies.push(t.elapsed());
         assert_eq!(v["cluster_size"], 3);
     }
@@ -269,15 +278,15 @@ async fn a_killed_node_drops_out_within_the_node_ttl() {
     let redis = Redis::start();
     let ttl = Duration::from_millis(1500);
     let mut nodes = cluster(&redis, 3, &["--node-ttl-ms", "1500"]).await;
-    let mut client = nodes[2].client().await;
-    client.join("patterns:stream").await;
+    let mut client = client_of(&nodes[2]).await;
+    client.join_ok("patterns:stream", json!({})).await;
     wait_for(Duration::from_secs(1), "n3's member seen", || async {
-        nodes[0].cluster_stats().await["stream_count"] == 1
+        cluster_stats(nodes[0].addr).await["stream_count"] == 1
     })
     .await;
-    nodes[2].sigkill();
+    nodes[2].kill();
     let gone = wait_for(ttl * 2, "killed node dropped", || async {
-        let v = nodes[0].cluster_stats().await;
+        let v = cluster_stats(nodes[0].addr).await;
         v["cluster_size"] == 2 && v["nodes"].get("n3").is_none() && v["stream_count"] == 0
     })
     .await;
@@ -287,7 +296,7 @@ async fn a_killed_node_drops_out_within_the_node_ttl() {
         gone <= ttl + Duration::from_millis(50),
         "gone after {gone:?}"
     );
-    let v = nodes[1].cluster_stats().await;
+    let v = cluster_stats(nodes[1].addr).await;
     assert_eq!(v["cluster_size"], 2, "{v}");
 }
 
@@ -296,20 +305,18 @@ async fn a_node_shut_down_gracefully_leaves_at_once_and_its_clients_see_1001() {
     let redis = Redis::start();
     // Default TTL (5 s): "at once" must not be the TTL lapsing.
     let mut nodes = cluster(&redis, 3, &[]).await;
-    let mut client = nodes[2].client().await;
-    client.join("patterns:stream").await;
+    let mut client = client_of(&nodes[2]).await;
+    client.join_ok("patterns:stream", json!({})).await;
     wait_for(Duration::from_secs(1), "n3's member seen", || async {
-        nodes[0].cluster_stats().await["stream_count"] == 1
+        cluster_stats(nodes[0].addr).await["stream_count"] == 1
     })
     .await;
-    nodes[2].sigterm();
+    nodes[2].signal(libc::SIGTERM);
     let start = Instant::now();
-    assert_eq!(
-        client.closed_with(Duration::from_secs(5)).await,
-        Some(GOING_AWAY)
-    );
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.expect_closed()).await;
+    assert!(matches!(closed, Ok(Closed::Frame(1001, _))), "{closed:?}");
     let gone = wait_for(Duration::from_millis(1000), "node gone at once", || async {
-        let v = nodes[0].cluster_stats().await;
+        let v = cluster_stats(nodes[0].addr).await;
         v["cluster_size"] == 2 && v["stream_count"] == 0
     })
     .await;
@@ -322,18 +329,19 @@ async fn a_node_shut_down_gracefully_leaves_at_once_and_its_clients_see_1001() {
         redis.cmd(&["EXISTS", "headcount:{n3}:meta", "headcount:{n3}:topics"]),
         "0"
     );
-    assert_eq!(nodes[2].wait_exit(Duration::from_secs(10)), Some(0));
+    let status = nodes[2].wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_degrades_within_1s_and_a_restarted_empty_redis_gets_figures_back_within_2s() {
     let mut redis = Redis::start();
     let nodes = cluster(&redis, 3, &[]).await;
-    let mut c1 = nodes[0].client().await;
-    c1.join("patterns:stream").await;
-    c1.join("patterns:vsm").await;
-    let mut c2 = nodes[1].client().await;
-    c2.join("patterns:stats").await;
+    let mut c1 = client_of(&nodes[0]).await;
+    c1.join_ok("patterns:stream", json!({})).await;
+    c1.join_ok("patterns:vsm", json!({})).await;
+    let mut c2 = client_of(&nodes[1]).await;
+    c2.join_ok("patterns:stats", json!({})).await;
     let mut expected: BTreeMap<String, Figures> = BTreeMap::new();
     let fig = |sockets, topics: &[&str]| Figures {
         sockets,
@@ -346,7 +354,7 @@ async fn redis_outage_degrades_within_1s_and_a_restarted_empty_redis_gets_figure
         wait_for(
             Duration::from_secs(1),
             "cluster before the outage",
-            || async { matches_cluster(&node.cluster_stats().await, &expected) },
+            || async { matches_cluster(&cluster_stats(node.addr).await, &expected) },
         )
         .await;
     }
@@ -355,15 +363,15 @@ async fn redis_outage_degrades_within_1s_and_a_restarted_empty_redis_gets_figure
     let killed = Instant::now();
     for node in &nodes {
         let t = Instant::now();
-        let v = node.cluster_stats().await;
+        let v = cluster_stats(node.addr).await;
         let took = t.elapsed();
         assert!(took < Duration::from_secs(1), "query took {took:?}");
         assert_eq!(v["source"], "local", "{v}");
         assert_eq!(v["degraded"], true, "{v}");
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
         assert_eq!(v["cluster_size"], 1, "{v}");
-        check_local_answer(&v, &node.name, &expected[&node.name]);
-        check_local_answer(&node.local_stats().await, &node.name, &expected[&node.name]);
+        check_local_answer(&v, &node.node, &expected[&node.node]);
+        check_local_answer(&stats(node.addr).await, &node.node, &expected[&node.node]);
     }
     println!(
         "degraded answers on all nodes {:?} after the kill",
@@ -371,26 +379,27 @@ async fn redis_outage_degrades_within_1s_and_a_restarted_empty_redis_gets_figure
     );
     // Over the socket too, within a second.
     let t = Instant::now();
-    let (status, v) = c2
+    let reply = c2
         .request("patterns:stats", "get_cluster_stats", json!({}))
         .await;
     assert!(t.elapsed() < Duration::from_secs(1));
+    let v = &reply.response;
     assert_eq!(
-        (status.as_str(), &v["degraded"]),
+        (reply.status.as_str(), &v["degraded"]),
         ("ok", &json!(true)),
         "{v}"
     );
     // Sockets keep working and counts stay exact.
-    let mut c3 = nodes[0].client().await;
-    c3.join("patterns:stream").await;
-    let (status, _) = c3.request("phoenix", "heartbeat", json!({})).await;
-    assert_eq!(status, "ok");
+    let mut c3 = client_of(&nodes[0]).await;
+    c3.join_ok("patterns:stream", json!({})).await;
+    let reply = c3.request("phoenix", "heartbeat", json!({})).await;
+    assert_eq!(reply.status, "ok");
     let n1 = expected.get_mut("n1").unwrap();
     n1.sockets += 1;
     *n1.topics.entry("patterns:stream".into()).or_default() += 1;
-    check_local_answer(&nodes[0].local_stats().await, "n1", &expected["n1"]);
-    check_local_answer(&nodes[0].cluster_stats().await, "n1", &expected["n1"]);
-    assert_eq!(nodes[0].metric("headcount_redis_up").await, 0.0);
+    check_local_answer(&stats(nodes[0].addr).await, "n1", &expected["n1"]);
+    check_local_answer(&cluster_stats(nodes[0].addr).await, "n1", &expected["n1"]);
+    assert_eq!(metric(&nodes[0], "headcount_redis_up").await, 0.0);
 
     // Redis comes back with nothing in it.
     redis.restart();
@@ -399,7 +408,7 @@ async fn redis_outage_degrades_within_1s_and_a_restarted_empty_redis_gets_figure
         wait_for(
             Duration::from_secs(2).saturating_sub(restarted.elapsed()),
             "figures restored and degraded cleared",
-            || async { matches_cluster(&node.cluster_stats().await, &expected) },
+            || async { matches_cluster(&cluster_stats(node.addr).await, &expected) },
         )
         .await;
     }
@@ -408,19 +417,19 @@ async fn redis_outage_degrades_within_1s_and_a_restarted_empty_redis_gets_figure
         restarted.elapsed()
     );
     assert_eq!(redis.cmd(&["HGET", "headcount:{n1}:meta", "c"]), "3");
-    assert_eq!(nodes[0].metric("headcount_redis_up").await, 1.0);
-    assert_eq!(nodes[0].metric("headcount_cluster_nodes").await, 3.0);
+    assert_eq!(metric(&nodes[0], "headcount_redis_up").await, 1.0);
+    assert_eq!(metric(&nodes[0], "headcount_cluster_nodes").await, 3.0);
 
     // Pub/sub is back too: the nodes resubscribed by themselves.
     wait_subscribed(&redis, "headcount", 3).await;
     c1.drain(Duration::from_millis(10)).await;
-    let (status, _) = nodes[1]
-        .post(
-            "/api/events",
-            &json!({"type": "pattern_detected", "data": {"pattern_type": "after"}}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    let res = post_json(
+        nodes[1].addr,
+        "/api/events",
+        &json!({"type": "pattern_detected", "data": {"pattern_type": "after"}}),
+    )
+    .await;
+    assert_eq!(res.status, 202);
     redis.cmd(&[
         "PUBLISH",
         "headcount:events",
@@ -456,20 +465,20 @@ async fn a_redis_slower_than_500ms_gives_degraded_answers_within_1s() {
     });
     std::thread::sleep(Duration::from_millis(100));
     let t = Instant::now();
-    let v = nodes[0].cluster_stats().await;
+    let v = cluster_stats(nodes[0].addr).await;
     let took = t.elapsed();
     assert!(took < Duration::from_secs(1), "query took {took:?}");
     assert_eq!(v["degraded"], true, "{v}");
     assert_eq!(v["source"], "local", "{v}");
     let _ = sleeper.join();
     wait_for(Duration::from_secs(2), "degraded cleared", || async {
-        nodes[0].cluster_stats().await["degraded"] == false
+        cluster_stats(nodes[0].addr).await["degraded"] == false
     })
     .await;
-    assert_eq!(nodes[1].cluster_stats().await["cluster_size"], 2);
+    assert_eq!(cluster_stats(nodes[1].addr).await["cluster_size"], 2);
 }
 
-fn count(pushes: &[Push], event: &str, key: &str, value: &Value) -> usize {
+fn count(pushes: &[Msg], event: &str, key: &str, value: &Value) -> usize {
     pushes
         .iter()
         .filter(|p| p.event == event && &p.payload[key] == value)
@@ -491,9 +500,9 @@ async fn events_and_broadcasts_reach_every_subscriber_on_every_node_exactly_once
     let mut subscribers = Vec::new();
     for node in &nodes {
         for _ in 0..2 {
-            let mut c = node.client().await;
-            c.join("patterns:stream").await;
-            c.join("rooms:x").await;
+            let mut c = client_of(node).await;
+            c.join_ok("patterns:stream", json!({})).await;
+            c.join_ok("rooms:x", json!({})).await;
             c.drain(Duration::from_millis(20)).await;
             subscribers.push(c);
         }
@@ -502,25 +511,25 @@ async fn events_and_broadcasts_reach_every_subscriber_on_every_node_exactly_once
     let batch: Vec<Value> = (0..5)
         .map(|i| json!({"type": "pattern_detected", "data": {"pattern_type": format!("e{i}")}}))
         .collect();
-    let (status, body) = nodes[0].post("/api/events", &Value::Array(batch)).await;
-    assert_eq!(status, 202, "{body}");
+    let res = post_json(nodes[0].addr, "/api/events", &Value::Array(batch)).await;
+    assert_eq!(res.status, 202, "{}", res.text());
     // A raw broadcast on n2.
-    let (status, body) = nodes[1]
-        .post(
-            "/api/broadcast",
-            &json!({"topic": "rooms:x", "event": "note", "payload": {"i": 1}}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    let res = post_json(
+        nodes[1].addr,
+        "/api/broadcast",
+        &json!({"topic": "rooms:x", "event": "note", "payload": {"i": 1}}),
+    )
+    .await;
+    assert_eq!(res.status, 202, "{}", res.text());
     // A client broadcast on n3.
-    let (status, v) = subscribers[5]
+    let reply = subscribers[5]
         .request(
             "rooms:x",
             "broadcast",
             json!({"event": "shout", "payload": {"i": 2}}),
         )
         .await;
-    assert_eq!(status, "ok", "{v}");
+    assert_eq!(reply.status, "ok", "{}", reply.response);
     // An event from any Redis client.
     redis.cmd(&[
         "PUBLISH",
@@ -558,8 +567,8 @@ async fn events_and_broadcasts_reach_every_subscriber_on_every_node_exactly_once
             .count();
         assert_eq!(relevant, 8, "subscriber {i}: {pushes:?}");
     }
-    assert!(nodes[0].metric("headcount_relay_messages_out_total").await >= 1.0);
-    assert!(nodes[2].metric("headcount_relay_messages_in_total").await >= 3.0);
+    assert!(metric(&nodes[0], "headcount_relay_messages_out_total").await >= 1.0);
+    assert!(metric(&nodes[2], "headcount_relay_messages_in_total").await >= 3.0);
     let keys = redis.cmd(&["KEYS", "hcx:*"]);
     assert!(
         keys.contains("hcx:{n1}:meta") && keys.contains("hcx:nodes"),
@@ -574,8 +583,8 @@ async fn bad_messages_on_the_redis_channels_are_counted_and_survived() {
     wait_subscribed(&redis, "hcbad", 2).await;
     let mut subscribers = Vec::new();
     for node in &nodes {
-        let mut c = node.client().await;
-        c.join("patterns:stream").await;
+        let mut c = client_of(node).await;
+        c.join_ok("patterns:stream", json!({})).await;
         c.drain(Duration::from_millis(20)).await;
         subscribers.push(c);
     }
@@ -608,12 +617,12 @@ async fn bad_messages_on_the_redis_channels_are_counted_and_survived() {
         assert_eq!(pushes[0].payload["pattern_type"], "ok");
     }
     for node in &nodes {
-        assert_eq!(node.get("/healthz").await.0, 200);
+        assert_eq!(get(node.addr, "/healthz").await.status, 200);
         assert_eq!(
-            node.metric("headcount_relay_messages_rejected_total").await,
+            metric(node, "headcount_relay_messages_rejected_total").await,
             bad.len() as f64
         );
-        assert_eq!(node.cluster_stats().await["cluster_size"], 2);
+        assert_eq!(cluster_stats(node.addr).await["cluster_size"], 2);
     }
 }
 
@@ -622,10 +631,10 @@ async fn a_node_started_while_redis_is_down_serves_and_joins_when_redis_comes() 
     let mut redis = Redis::start();
     let url = redis.url();
     redis.kill();
-    let node = Node::start(&url, "early", &[]);
-    let mut c = node.client().await;
-    c.join("patterns:stream").await;
-    let v = node.cluster_stats().await;
+    let node = start_node(&url, "early", &[]);
+    let mut c = client_of(&node).await;
+    c.join_ok("patterns:stream", json!({})).await;
+    let v = cluster_stats(node.addr).await;
     assert_eq!(v["degraded"], true, "{v}");
     assert_eq!(v["stream_count"], 1, "{v}");
     redis.restart();
@@ -633,7 +642,7 @@ async fn a_node_started_while_redis_is_down_serves_and_joins_when_redis_comes() 
         Duration::from_secs(2),
         "node registered once redis is up",
         || async {
-            let v = node.cluster_stats().await;
+            let v = cluster_stats(node.addr).await;
             v["degraded"] == false && v["stream_count"] == 1
         },
     )
@@ -645,14 +654,14 @@ async fn a_node_started_while_redis_is_down_serves_and_joins_when_redis_comes() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_with_one_node_name_are_reported() {
     let redis = Redis::start();
-    let a = Node::start(&redis.url(), "twin", &[]);
-    let b = Node::start(&redis.url(), "twin", &[]);
+    let a = start_node(&redis.url(), "twin", &[]);
+    let b = start_node(&redis.url(), "twin", &[]);
     let warning = "another process writes figures as this node";
     wait_for(
         Duration::from_secs(5),
         "a duplicate --node is logged",
         || {
-            let seen = a.log().contains(warning) || b.log().contains(warning);
+            let seen = a.stderr().contains(warning) || b.stderr().contains(warning);
             async move { seen }
         },
     )

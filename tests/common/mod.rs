@@ -328,7 +328,10 @@ impl Drop for Server {
                 .rev()
                 .collect::<Vec<_>>()
                 .join("\n");
-            eprintln!("--- server {} stderr (tail) ---\n{tail}", self.addr);
+            eprintln!(
+                "--- server {} ({}) stderr (tail) ---\n{tail}",
+                self.node, self.addr
+            );
         }
     }
 }
