@@ -45,12 +45,8 @@ async fn join_counts_before_its_reply_and_leave_before_its_reply() {
 async fn counts_are_exact_over_many_sockets_and_topics() {
     let server = Server::start(&["--allow-topic", "rooms:*"]);
     let mut clients = Vec::new();
-    for i in 0..30u32 {
-        let vsn = if i.is_multiple_of(2) {
-            Vsn::V1
-        } else {
-            Vsn::V2
-        };
+    for i in 0..30usize {
+        let vsn = Vsn::alternating(i);
         let mut c = client(server.addr, vsn).await;
         c.join_ok(STREAM, json!({})).await;
         if i.is_multiple_of(3) {

@@ -714,36 +714,23 @@ async fn api_key_guards_the_write_routes_only() {
     assert_eq!(get(addr, "/healthz").await.status, 200);
     // The right key works on both routes.
     let auth = [("Authorization", "Bearer s3cret")];
-    let res = post(
-        addr,
-        "/api/events",
-        &auth,
-        json!({"type": "patterns_indexed", "data": {"count": 1}})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
-    assert_eq!(res.status, 202, "{}", res.text());
-    let res = post(
-        addr,
-        "/api/broadcast",
-        &auth,
-        json!({"topic": STREAM, "event": "hello", "payload": {"a": 1}})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
-    assert_eq!(res.status, 202, "{}", res.text());
-    let res = post(
-        addr,
-        "/api/events",
-        &auth,
-        json!({"type": "pattern_detected", "data": {"pattern_type": "marker"}})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
-    assert_eq!(res.status, 202);
+    for (path, body) in [
+        (
+            "/api/events",
+            json!({"type": "patterns_indexed", "data": {"count": 1}}),
+        ),
+        (
+            "/api/broadcast",
+            json!({"topic": STREAM, "event": "hello", "payload": {"a": 1}}),
+        ),
+        (
+            "/api/events",
+            json!({"type": "pattern_detected", "data": {"pattern_type": "marker"}}),
+        ),
+    ] {
+        let res = post(addr, path, &auth, body.to_string().as_bytes()).await;
+        assert_eq!(res.status, 202, "{path} {body}: {}", res.text());
+    }
     let got = until_marker(&mut s, STREAM).await;
     let events: Vec<&str> = got.iter().map(|m| m.event.as_str()).collect();
     assert_eq!(
@@ -906,12 +893,8 @@ async fn every_subscriber_gets_every_event_exactly_once_v1_and_v2() {
     let server = Server::start(&[]);
     let addr = server.addr;
     let mut subs = Vec::new();
-    for i in 0..200u32 {
-        let vsn = if i.is_multiple_of(2) {
-            Vsn::V1
-        } else {
-            Vsn::V2
-        };
+    for i in 0..200usize {
+        let vsn = Vsn::alternating(i);
         subs.push(subscriber(addr, vsn, STREAM, json!({})).await);
     }
     assert_eq!(topic_count(&stats(addr).await, STREAM), 200);
@@ -993,12 +976,8 @@ async fn slow_consumer_is_dropped_while_the_rest_receive_everything() {
         .expect("slow connect");
     slow.join_ok(STREAM, json!({})).await;
     let mut readers = Vec::new();
-    for i in 0..6u32 {
-        let vsn = if i.is_multiple_of(2) {
-            Vsn::V1
-        } else {
-            Vsn::V2
-        };
+    for i in 0..6usize {
+        let vsn = Vsn::alternating(i);
         let mut c = subscriber(addr, vsn, STREAM, json!({})).await;
         readers.push(tokio::spawn(async move {
             let got = until(&mut c, STREAM, |m| m.event == "end").await;

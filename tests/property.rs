@@ -93,11 +93,7 @@ struct World<'a> {
 impl World<'_> {
     async fn open(&mut self, i: usize) -> &mut Client {
         if self.slots[i].client.is_none() {
-            let vsn = if i.is_multiple_of(2) {
-                Vsn::V1
-            } else {
-                Vsn::V2
-            };
+            let vsn = Vsn::alternating(i);
             self.slots[i].client = Some(client(self.server.addr, vsn).await);
             self.slots[i].joined.clear();
         }

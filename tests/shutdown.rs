@@ -52,11 +52,7 @@ async fn graceful_exit_on(sig: i32) {
     let addr = server.addr;
     let mut clients = Vec::new();
     for (i, topic) in [STATS, STREAM, VSM, "rooms:a", STREAM].iter().enumerate() {
-        let vsn = if i.is_multiple_of(2) {
-            Vsn::V1
-        } else {
-            Vsn::V2
-        };
+        let vsn = Vsn::alternating(i);
         let mut c = client(addr, vsn).await;
         c.join_ok(topic, json!({})).await;
         clients.push(c);

@@ -859,6 +859,17 @@ pub enum Vsn {
     V2,
 }
 
+impl Vsn {
+    /// V1 for even `i`, V2 for odd: the `i`-th of a mix of both serializers.
+    pub fn alternating(i: usize) -> Vsn {
+        if i.is_multiple_of(2) {
+            Vsn::V1
+        } else {
+            Vsn::V2
+        }
+    }
+}
+
 /// One decoded server frame.
 #[derive(Clone, Debug)]
 pub struct Msg {
