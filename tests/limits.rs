@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::net::SocketAddr;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
@@ -21,6 +22,16 @@ fn padded_heartbeat(vsn: Vsn, r: &str, len: usize) -> String {
     };
     assert!(base.len() <= len);
     format!("{base}{}", " ".repeat(len - base.len()))
+}
+
+/// Retries a V2 connection until the server accepts one again.
+async fn accepted_again(addr: SocketAddr) -> Client {
+    eventually("a socket is accepted again", || async {
+        try_connect(addr, "vsn=2.0.0", ConnectOpts::default())
+            .await
+            .ok()
+    })
+    .await
 }
 
 #[tokio::test]
@@ -222,12 +233,7 @@ async fn max_connections_refuses_with_503_and_recovers_when_a_socket_closes() {
     a.heartbeat().await;
     // One closes; a new one gets in.
     b.close().await;
-    let mut c = eventually("a socket is accepted again", || async {
-        try_connect(addr, "vsn=2.0.0", ConnectOpts::default())
-            .await
-            .ok()
-    })
-    .await;
+    let mut c = accepted_again(addr).await;
     c.join_ok(STATS, json!({})).await;
     let s = stats(addr).await;
     assert_eq!(s["socket_count"], 2, "{s}");
@@ -259,12 +265,7 @@ async fn default_max_connections_is_the_file_limit_less_a_reserve() {
     assert_eq!(s["socket_count"], m as u64, "{s}");
     assert_eq!(get(addr, "/metrics").await.status, 200);
     held.pop().unwrap().close().await;
-    eventually("a socket is accepted again", || async {
-        try_connect(addr, "vsn=2.0.0", ConnectOpts::default())
-            .await
-            .ok()
-    })
-    .await;
+    accepted_again(addr).await;
 }
 
 /// At the process's open-file limit the node keeps serving what it holds,
@@ -323,12 +324,7 @@ async fn at_the_open_file_limit_existing_sockets_keep_working_and_new_ones_recov
     for c in held.drain(n - 4..) {
         c.close().await;
     }
-    let mut fresh = eventually("a socket is accepted again", || async {
-        try_connect(addr, "vsn=2.0.0", ConnectOpts::default())
-            .await
-            .ok()
-    })
-    .await;
+    let mut fresh = accepted_again(addr).await;
     fresh.join_ok(STREAM, json!({})).await;
     let s = wait_stats(addr, "counts after recovery", |s| {
         s["socket_count"] == (n - 4 + 1) as u64
