@@ -166,27 +166,19 @@ async fn metrics_are_prometheus_text_equal_to_api_stats() {
     // membership that the refused VSM re-join ended first).
     assert_eq!(m.value("headcount_joins_total", &[]), 5.0, "{}", m.text);
     assert_eq!(m.value("headcount_leaves_total", &[]), 2.0, "{}", m.text);
-    assert_eq!(
-        m.value(
-            "headcount_join_rejections_total",
-            &[("reason", "unmatched_topic")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        m.value(
-            "headcount_join_rejections_total",
-            &[("reason", "invalid_subsystem")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        m.value(
-            "headcount_frames_rejected_total",
-            &[("reason", "malformed")]
-        ),
-        1.0
-    );
+    // One of each refusal, counted by reason.
+    for (name, reason) in [
+        ("headcount_join_rejections_total", "unmatched_topic"),
+        ("headcount_join_rejections_total", "invalid_subsystem"),
+        ("headcount_frames_rejected_total", "malformed"),
+    ] {
+        assert_eq!(
+            m.value(name, &[("reason", reason)]),
+            1.0,
+            "{name} {reason}: {}",
+            m.text
+        );
+    }
     // No per-topic labels beyond the built-ins: generic topic names never
     // become label values.
     assert!(
