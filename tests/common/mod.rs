@@ -1,8 +1,10 @@
 //! Shared helpers for the black-box tests: a guard around a real
-//! `headcount serve` process on a free port, a small Phoenix Channels client
+//! `headcount serve` process on a free port (its stderr captured), other
+//! `headcount` commands and their output, a small Phoenix Channels client
 //! (V1 objects, V2 arrays, V2 binary pushes) over tokio-tungstenite, raw
 //! HTTP/1.1 over a TcpStream, Prometheus text parsing, and polling with a
-//! deadline instead of sleeping and hoping.
+//! deadline instead of sleeping and hoping. Every test crate compiles this
+//! module and uses a part of it, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
