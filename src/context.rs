@@ -33,7 +33,8 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(config: Config, max_connections: u64) -> Arc<Ctx> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_mode(config.redis.is_some()));
+        metrics.set_static(max_connections);
         let hub = Hub::new();
         Arc::new(Ctx {
             tally: Tally::new(&config.node),

@@ -24,6 +24,8 @@ pub const MAX_BATCH: usize = 1000;
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
+        .route("/", get(crate::dashboard::page))
+        .route("/dashboard", get(crate::dashboard::page))
         .route("/socket/websocket", get(upgrade))
         .route("/api/stats", get(local_stats))
         .route("/api/stats/cluster", get(cluster_stats))
@@ -105,9 +107,9 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
         };
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                // Bytes read past the handshake are copied out, so hyper's
-                // read buffer (8 KiB) is freed now, not when the socket closes.
-                let prelude = bytes::Bytes::copy_from_slice(&parts.read_buf);
+                // `read_buf` shares hyper's whole read buffer even when
+                // empty: copy out what is left and let the buffer go.
+                let prelude = parts.read_buf.to_vec();
                 drop(parts.read_buf);
                 // A fresh task, so the session's future carries nothing of
                 // the handshake.
@@ -236,14 +238,11 @@ async fn broadcast(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) 
     };
     let field = |name: &str| match value.get(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.as_str()),
-        _ => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("field \"{name}\" must be a non-empty string"),
-        )),
+        _ => Err(format!("field \"{name}\" must be a non-empty string")),
     };
     let (topic, event) = match (field("topic"), field("event")) {
         (Ok(t), Ok(e)) => (t, e),
-        (Err(res), _) | (_, Err(res)) => return res,
+        (Err(why), _) | (_, Err(why)) => return error(StatusCode::BAD_REQUEST, &why),
     };
     let payload = match value.get("payload") {
         None | Some(Value::Null) => "{}".to_owned(),

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use headcount::cli::stats::StatsArgs;
+use headcount::cli::watch::WatchArgs;
 use headcount::config::{Config, LogFormat, ServeArgs};
 use headcount::Server;
 use std::io::Write as _;
@@ -35,12 +36,16 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start a node: WebSocket, HTTP API and metrics on one port.
     Serve(ServeArgs),
     /// Print a running node's stats as a table (or JSON).
     Stats(StatsArgs),
+    /// Live view of a node's stats in the terminal (Ctrl-C quits).
+    Watch(WatchArgs),
     /// Load generator: hold, fanout, query, churn, cluster (loopback only).
     Bench(headcount::bench::BenchArgs),
     /// One load-generating worker process, driven by `bench` over stdin/stdout.
@@ -55,25 +60,29 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers at once, and resolves when either
+/// arrives. Called before the start line is printed: a signal sent as soon
+/// as the line is seen must start a graceful shutdown, not kill the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
@@ -99,6 +108,7 @@ fn main() -> anyhow::Result<()> {
             init_logging(config.log_format);
             runtime.block_on(async {
                 let server = Server::bind(config).await?;
+                let shutdown = shutdown_signal();
                 println!(
                     "headcount listening on {} node {}",
                     server.local_addr(),
@@ -111,7 +121,7 @@ fn main() -> anyhow::Result<()> {
                     max_connections = server.max_connections(),
                     "serving"
                 );
-                server.run(shutdown_signal()).await;
+                server.run(shutdown).await;
                 anyhow::Ok(())
             })?;
         }
@@ -128,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 println!();
             }
         }
+        Command::Watch(args) => runtime.block_on(headcount::cli::watch::run(&args))?,
     }
     // Sockets still lingering must not hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

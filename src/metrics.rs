@@ -1,7 +1,9 @@
 //! Prometheus metrics for one node. Each node owns its own recorder (no
 //! global), so several servers in one process never mix their figures.
 //! Gauges that mirror counts are set from the tally at render time, so
-//! `/metrics` can never disagree with `/api/stats`.
+//! `/metrics` can never disagree with `/api/stats`. Cluster-only gauges are
+//! left out on a single node, so an alert on `headcount_redis_up == 0` never
+//! fires where there is no Redis.
 
 use crate::tally::Tally;
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
@@ -43,6 +45,7 @@ pub struct Metrics {
     pub relay_in: Counter,
     pub relay_out: Counter,
     pub relay_rejected: Counter,
+    pub relay_dropped: Counter,
     pub redis_up: Gauge,
     pub cluster_nodes: Gauge,
     pub oldest_node_age: Gauge,
@@ -56,7 +59,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics of a single node: no cluster gauges.
     pub fn new() -> Metrics {
+        Self::with_mode(false)
+    }
+
+    /// `cluster`: whether the node runs with `--redis`, which decides
+    /// whether `headcount_redis_up` and the cluster gauges are exported.
+    /// Their fields exist either way (as no-ops on a single node), so code
+    /// that sets them needs no check.
+    pub fn with_mode(cluster: bool) -> Metrics {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let counter = |name: &'static str, labels: Vec<Label>, help: &'static str| {
@@ -64,6 +76,13 @@ impl Metrics {
             recorder.register_counter(&Key::from_parts(name, labels), &META)
         };
         let reason = |r: &'static str| vec![Label::new("reason", r)];
+        let cluster_gauge = |name: &'static str| {
+            if cluster {
+                recorder.register_gauge(&Key::from_name(name), &META)
+            } else {
+                Gauge::noop()
+            }
+        };
         let join_help = "Joins refused, by reason";
         let frame_help = "Inbound frames refused, by reason";
         let m = Metrics {
@@ -156,13 +175,14 @@ impl Metrics {
                 vec![],
                 "Invalid messages received on the Redis events channel",
             ),
-            redis_up: recorder.register_gauge(&Key::from_name("headcount_redis_up"), &META),
-            cluster_nodes: recorder
-                .register_gauge(&Key::from_name("headcount_cluster_nodes"), &META),
-            oldest_node_age: recorder.register_gauge(
-                &Key::from_name("headcount_cluster_oldest_node_age_seconds"),
-                &META,
+            relay_dropped: counter(
+                "headcount_relay_messages_dropped_total",
+                vec![],
+                "Messages not relayed to other nodes because Redis was slow or down",
             ),
+            redis_up: cluster_gauge("headcount_redis_up"),
+            cluster_nodes: cluster_gauge("headcount_cluster_nodes"),
+            oldest_node_age: cluster_gauge("headcount_cluster_oldest_node_age_seconds"),
             outbound_queue_high_water: recorder.register_gauge(
                 &Key::from_name("headcount_outbound_queue_high_water_messages"),
                 &META,
@@ -216,6 +236,31 @@ impl Metrics {
             Some(Unit::Bytes),
             "Resident set size",
         );
+        g(
+            "headcount_sockets_limit",
+            None,
+            "Sockets beyond this are refused with HTTP 503 (--max-connections)",
+        );
+        g(
+            "headcount_process_open_fds",
+            None,
+            "Open file descriptors of the process",
+        );
+        g(
+            "headcount_process_max_fds",
+            None,
+            "Open file limit of the process (soft RLIMIT_NOFILE)",
+        );
+        g(
+            "headcount_start_time_seconds",
+            Some(Unit::Seconds),
+            "When this node started, seconds since the Unix epoch",
+        );
+        g(
+            "headcount_build_info",
+            None,
+            "Always 1; the label `version` is the running version",
+        );
         r.describe_counter(
             "headcount_joins_total".into(),
             None,
@@ -244,7 +289,27 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text, with count gauges read from the tally right now.
+    /// Sets the figures that do not change while the node runs: its socket
+    /// limit, start time and version.
+    pub fn set_static(&self, sockets_limit: u64) {
+        let gauge = |name: &'static str, labels: Vec<Label>| {
+            self.recorder
+                .register_gauge(&Key::from_parts(name, labels), &META)
+        };
+        gauge("headcount_sockets_limit", vec![]).set(sockets_limit as f64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        gauge("headcount_start_time_seconds", vec![]).set(now.floor());
+        gauge(
+            "headcount_build_info",
+            vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+        )
+        .set(1.0);
+    }
+
+    /// Prometheus text, with count gauges read from the tally right now,
+    /// families sorted by name so the page reads the same on every scrape.
     pub fn render(&self, tally: &Tally) -> String {
         let snap = tally.snapshot();
         let gauge = |name: &'static str, labels: Vec<Label>| {
@@ -268,6 +333,86 @@ impl Metrics {
         counter("headcount_leaves_total").absolute(leaves);
         gauge("headcount_process_resident_memory_bytes", vec![])
             .set(crate::stats::rss_bytes() as f64);
-        self.handle.render()
+        if let Some(open) = open_fds() {
+            gauge("headcount_process_open_fds", vec![]).set(open as f64);
+        }
+        gauge("headcount_process_max_fds", vec![]).set(max_fds() as f64);
+        sort_families(&self.handle.render())
+    }
+}
+
+/// Entries of /proc/self/fd (less the one the read itself holds open).
+fn open_fds() -> Option<usize> {
+    let n = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    Some(n.saturating_sub(1))
+}
+
+/// The soft open-file limit.
+fn max_fds() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    lim.rlim_cur
+}
+
+/// The exporter writes families in hash order, one block each, separated by
+/// blank lines; this orders the blocks by metric name.
+fn sort_families(text: &str) -> String {
+    let mut blocks: Vec<&str> = text
+        .split("\n\n")
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .collect();
+    let name = |block: &str| -> String {
+        let line = block.lines().next().unwrap_or("");
+        let line = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+            .unwrap_or(line);
+        line.split([' ', '{']).next().unwrap_or("").to_owned()
+    };
+    blocks.sort_by_cached_key(|b| name(b));
+    let mut out = String::with_capacity(text.len() + 2);
+    for block in blocks {
+        out.push_str(block);
+        out.push_str("\n\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_node_leaves_out_cluster_gauges_and_sorts_families() {
+        let tally = Tally::new("n@h");
+        let m = Metrics::with_mode(false);
+        m.set_static(42);
+        m.redis_up.set(1.0);
+        let text = m.render(&tally);
+        assert!(!text.contains("headcount_redis_up"), "{text}");
+        assert!(!text.contains("headcount_cluster_nodes"), "{text}");
+        assert!(text.contains("headcount_sockets_limit 42\n"), "{text}");
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap_or(""))
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+
+        let m = Metrics::with_mode(true);
+        m.redis_up.set(1.0);
+        m.cluster_nodes.set(3.0);
+        let text = m.render(&tally);
+        assert!(text.contains("headcount_redis_up 1\n"), "{text}");
+        assert!(text.contains("headcount_cluster_nodes 3\n"), "{text}");
     }
 }

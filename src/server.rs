@@ -3,6 +3,7 @@
 //! one accept loop, one task per connection, one shutdown signal.
 
 use crate::bus::Bus;
+use crate::cluster::{Cluster, RedisCluster, RedisSetupError};
 use crate::config::Config;
 use crate::context::Ctx;
 use crate::{channels, http};
@@ -32,6 +33,8 @@ pub enum ServerError {
     Resolve(String),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, io::Error),
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
 }
 
 pub struct Server {
@@ -63,8 +66,14 @@ impl Server {
         socket.bind(addr).map_err(listen)?;
         let listener = socket.listen(4096).map_err(listen)?;
         let addr = listener.local_addr().map_err(listen)?;
+        let ctx = Ctx::new(config, max);
+        if ctx.config.redis.is_some() {
+            let (redis, relay) = RedisCluster::new(&ctx.config, ctx.metrics.clone())?;
+            let _ = ctx.cluster.set(Cluster::Redis(Box::new(redis)));
+            ctx.bus.set_relay(Arc::new(relay));
+        }
         Ok(Server {
-            ctx: Ctx::new(config, max),
+            ctx,
             listener,
             addr,
         })
@@ -98,6 +107,8 @@ impl Server {
         let mut tasks = JoinSet::new();
         tasks.spawn(channels::stats::run_updates(ctx.clone()));
         tasks.spawn(channels::stats::run_changes(ctx.clone()));
+        Cluster::spawn(&ctx, &mut tasks);
+        tasks.spawn(crate::summary::run(ctx.clone(), crate::summary::PERIOD));
         tasks.spawn(crate::trim::run(ctx.clone()));
         let (stop_http, http_stopped) = watch::channel(false);
         let accept = accept_loop(ctx.clone(), listener, http_stopped);
@@ -105,6 +116,8 @@ impl Server {
             shutdown.await;
             tracing::info!("shutting down: closing sockets");
             ctx.begin_shutdown();
+            // Other nodes stop counting this one now, not when its TTL lapses.
+            ctx.cluster().leave().await;
             let deadline = Instant::now() + DRAIN_LIMIT;
             while ctx.tally.sockets() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -225,5 +238,5 @@ pub fn raise_file_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }

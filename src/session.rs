@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// How long a closing socket may take to flush its goodbye and hear the peer's.
-const LINGER: Duration = Duration::from_secs(1);
+const LINGER: Duration = Duration::from_secs(3);
 const READ_CHUNK: usize = 8192;
 
 thread_local! {
@@ -42,6 +42,17 @@ enum End {
     PeerClose(Option<u16>),
     /// This server closes with a code and a reason.
     Close(u16, &'static str),
+}
+
+impl End {
+    /// A short reason for the logs.
+    fn describe(self) -> &'static str {
+        match self {
+            End::Gone => "connection lost",
+            End::PeerClose(_) => "closed by client",
+            End::Close(_, why) => why,
+        }
+    }
 }
 
 /// One membership: the join_ref it was made with, and the values whose drop
@@ -67,13 +78,18 @@ struct Session {
 
 /// Runs a socket from just after its 101 response until it is closed.
 /// `prelude` holds bytes the HTTP layer had already read past the handshake.
-pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Bytes, vsn: Vsn, slot: SocketSlot) {
+pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Vec<u8>, vsn: Vsn, slot: SocketSlot) {
     let outbox = Arc::new(Outbox::new(ctx.config.outbound_queue));
     let registration = ctx.register(outbox.clone());
     if ctx.draining() {
         outbox.close(CloseReason::Shutdown);
     }
     let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
+    tracing::debug!(
+        node = %ctx.config.node,
+        socket_id = registration.id(),
+        "socket opened"
+    );
     let mut s = Session {
         ctx,
         vsn,
@@ -86,14 +102,13 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Bytes, vsn: Vsn, slo
         _slot: slot,
     };
     let mut decoder = Decoder::default();
-    let mut pending: Vec<u8> = Vec::new();
-    if !prelude.is_empty() {
-        let mut bytes = prelude.to_vec();
-        s.feed(&mut decoder, &mut bytes);
+    let mut pending = Pending::default();
+    {
+        let mut bytes = prelude;
+        if !bytes.is_empty() {
+            s.feed(&mut decoder, &mut bytes);
+        }
     }
-    // `prelude` is a view into hyper's 8 KiB read buffer: held to the end of
-    // this function it would keep that buffer alive for the socket's life.
-    drop(prelude);
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
     loop {
@@ -114,7 +129,7 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Bytes, vsn: Vsn, slo
             },
             ready = stream.writable(), if !pending.is_empty() => match ready {
                 Ok(()) => {
-                    if write_some(&stream, &mut pending).is_err() {
+                    if pending.write_some(&stream).is_err() {
                         s.end = Some(End::Gone);
                     }
                 }
@@ -132,7 +147,18 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Bytes, vsn: Vsn, slo
         }
     }
     let end = s.end.unwrap_or(End::Gone);
-    tracing::debug!(socket = s.registration.id(), ?end, "socket closing");
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for j in &s.joined {
+            s.log_left(j.membership.topic(), "close");
+        }
+        tracing::debug!(
+            node = %s.ctx.config.node,
+            socket_id = s.registration.id(),
+            reason = end.describe(),
+            memberships = s.joined.len(),
+            "socket closed"
+        );
+    }
     // Every membership and the socket itself stop counting here, before any
     // goodbye is written.
     drop(s);
@@ -143,19 +169,23 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Bytes, vsn: Vsn, slo
 
 /// Writes the close frame (after what is still pending), then waits briefly
 /// for the peer to close so the kernel does not reset the connection.
-async fn goodbye(stream: TcpStream, mut pending: Vec<u8>, end: End) {
+async fn goodbye(stream: TcpStream, mut pending: Pending, end: End) {
     let frame = match end {
         End::Gone => return,
         End::PeerClose(Some(code)) => (code, ""),
         End::PeerClose(None) => (close::NORMAL, ""),
         End::Close(code, why) => (code, why),
     };
-    codec::write_close(&mut pending, frame.0, frame.1);
+    if frame.0 == close::POLICY {
+        // A slow consumer gets its close code next, not after the backlog.
+        pending.drop_whole_frames();
+    }
+    codec::write_close(&mut pending.bytes, frame.0, frame.1);
     let deadline = Instant::now() + LINGER;
     while !pending.is_empty() {
         match tokio::time::timeout_at(deadline, stream.writable()).await {
             Ok(Ok(())) => {
-                if write_some(&stream, &mut pending).is_err() {
+                if pending.write_some(&stream).is_err() {
                     return;
                 }
             }
@@ -178,22 +208,71 @@ async fn goodbye(stream: TcpStream, mut pending: Vec<u8>, end: End) {
     }
 }
 
-/// Writes as much of `pending` as the kernel takes now.
-fn write_some(stream: &TcpStream, pending: &mut Vec<u8>) -> io::Result<()> {
-    let mut at = 0;
-    while at < pending.len() {
-        match stream.try_write(&pending[at..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => at += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
+/// Bytes the kernel has not taken yet. `cut` is where the frame that was
+/// being written when the kernel filled up ends: everything after it is
+/// whole frames, which a slow consumer's close may drop without corrupting
+/// the stream.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    cut: usize,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Keeps `buf[at..]`, where `buf` holds whole server frames from 0.
+    fn keep(&mut self, buf: &[u8], at: usize) {
+        let mut end = 0;
+        while end < at {
+            end += frame_len(&buf[end..]);
         }
+        self.bytes.extend_from_slice(&buf[at..]);
+        self.cut = end - at;
     }
-    pending.drain(..at);
-    if pending.is_empty() {
-        *pending = Vec::new();
+
+    /// Drops the whole frames behind the partly written one.
+    fn drop_whole_frames(&mut self) {
+        self.bytes.truncate(self.cut);
     }
-    Ok(())
+
+    /// Writes as much as the kernel takes now.
+    fn write_some(&mut self, stream: &TcpStream) -> io::Result<()> {
+        let mut at = 0;
+        let result = loop {
+            if at == self.bytes.len() {
+                break Ok(());
+            }
+            match stream.try_write(&self.bytes[at..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.bytes.drain(..at);
+        self.cut = self.cut.saturating_sub(at);
+        if self.bytes.is_empty() {
+            self.bytes = Vec::new();
+        }
+        result
+    }
+}
+
+/// Length of the server frame at the start of `buf` (header included).
+fn frame_len(buf: &[u8]) -> usize {
+    match buf.get(1).map(|b| b & 0x7F) {
+        Some(126) if buf.len() >= 4 => 4 + usize::from(u16::from_be_bytes([buf[2], buf[3]])),
+        Some(127) if buf.len() >= 10 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            10 + usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX / 2)
+        }
+        Some(n) if n < 126 => 2 + usize::from(n),
+        _ => buf.len().max(1),
+    }
 }
 
 impl Session {
@@ -278,6 +357,7 @@ impl Session {
             let old = self.joined.swap_remove(i);
             let old_ref = old.join_ref.clone();
             drop(old);
+            self.log_left(&m.topic, "leave");
             self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
             self.push_close(&m.topic, &old_ref);
             return;
@@ -337,6 +417,7 @@ impl Session {
             let old = self.joined.swap_remove(i);
             let old_ref = old.join_ref.clone();
             drop(old);
+            self.log_left(&m.topic, "rejoin");
             self.push_close(&m.topic, &old_ref);
         }
         let tag = match channels::params(&m.payload).and_then(|p| channels::join(channel, &p)) {
@@ -361,7 +442,12 @@ impl Session {
         }
         let join_ref = m.join_ref.clone().unwrap_or_else(|| m.reference.clone());
         let membership = ctx.tally.join(&m.topic);
-        tracing::debug!(node = %ctx.config.node, socket = self.registration.id(), topic = %m.topic, "joined");
+        tracing::debug!(
+            node = %ctx.config.node,
+            socket_id = self.registration.id(),
+            topic = %m.topic,
+            "joined"
+        );
         self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
         let subscription = ctx.hub.subscribe(
             membership.topic().clone(),
@@ -382,6 +468,18 @@ impl Session {
             membership,
             _subscription: subscription,
         });
+    }
+
+    /// The debug line of a membership that ended; `reason` is `leave`,
+    /// `rejoin` (replaced by a second join) or `close` (its socket closed).
+    fn log_left(&self, topic: &str, reason: &'static str) {
+        tracing::debug!(
+            node = %self.ctx.config.node,
+            socket_id = self.registration.id(),
+            topic = %topic,
+            reason,
+            "left"
+        );
     }
 
     fn position(&self, topic: &str) -> Option<usize> {
@@ -423,7 +521,7 @@ impl Session {
     }
 
     /// Writes what the outbox holds, or notes a close it asks for.
-    fn flush(&mut self, stream: &TcpStream, pending: &mut Vec<u8>) -> io::Result<()> {
+    fn flush(&mut self, stream: &TcpStream, pending: &mut Pending) -> io::Result<()> {
         if !pending.is_empty() {
             // The kernel is still full: leave new frames queued (so a peer
             // that never reads fills its queue) but notice a close request.
@@ -463,7 +561,7 @@ impl Session {
                     Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => at += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        pending.extend_from_slice(&buf[at..]);
+                        pending.keep(&buf, at);
                         break Ok(());
                     }
                     Err(e) => break Err(e),
@@ -486,5 +584,31 @@ impl Session {
             }
             CloseReason::Shutdown => End::Close(close::GOING_AWAY, "server shutting down"),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_knows_where_the_partial_frame_ends() {
+        let mut buf = Vec::new();
+        codec::write_frame(&mut buf, codec::OP_TEXT, &[b'a'; 10]);
+        codec::write_frame(&mut buf, codec::OP_TEXT, &[b'b'; 300]);
+        codec::write_frame(&mut buf, codec::OP_TEXT, &[b'c'; 5]);
+        let first = 12;
+        let second = 4 + 300;
+        let mut p = Pending::default();
+        p.keep(&buf, first + 100);
+        assert_eq!(p.cut, second - 100);
+        p.drop_whole_frames();
+        assert_eq!(p.bytes.len(), second - 100);
+        let mut p = Pending::default();
+        p.keep(&buf, first);
+        assert_eq!(
+            p.cut, 0,
+            "a write that stopped on a boundary leaves no partial frame"
+        );
     }
 }

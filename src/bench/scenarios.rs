@@ -723,7 +723,7 @@ async fn fanout(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
             0.0
         };
         let publish_errors = errors.load(Ordering::Relaxed);
-        return Ok(json!({
+        Ok(json!({
             "scenario": "fanout",
             "url": args.url[0],
             "topic": topic,
@@ -747,7 +747,7 @@ async fn fanout(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
             "deliveries_per_s": per_s(delivered, span),
             "latency": lat.summary(),
             "cpu_per_delivery": cpu,
-        }));
+        }))
     }
 }
 

@@ -86,6 +86,8 @@ pub fn table(v: &Value) -> String {
             for (topic, per_node) in topics {
                 if let Value::Object(per_node) = per_node {
                     for (node, n) in per_node {
+                        // Value's Display ignores width: pad its text.
+                        let n = n.to_string();
                         let _ = writeln!(out, "{topic:<40} {node:<32} {n:>8}");
                     }
                 }

@@ -106,7 +106,7 @@ mod tests {
         let m = decode_binary(&binary("1", "22", "room:a", "ev", &[1, 2, 3])).unwrap();
         assert_eq!(m.reference.as_json(), "\"22\"");
         assert_eq!(m.topic, "room:a");
-        assert!(matches!(m.payload, Payload::Binary(ref b) if &b[..] == [1, 2, 3]));
+        assert!(matches!(m.payload, Payload::Binary(ref b) if b[..] == [1, 2, 3]));
     }
 
     #[test]
