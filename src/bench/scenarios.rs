@@ -430,6 +430,21 @@ async fn counts(ep: &Endpoint) -> Result<Counts, BenchError> {
     })
 }
 
+/// The baseline: counts that hold still for 300 ms (sockets of an earlier
+/// run may still be closing), or the last read after 10 s.
+async fn quiet_counts(ep: &Endpoint) -> Result<Counts, BenchError> {
+    let start = Instant::now();
+    let mut last = counts(ep).await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = counts(ep).await?;
+        if now == last || start.elapsed() > Duration::from_secs(10) {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
 /// Polls the server's counts until `done` holds or `limit` passes.
 async fn counts_until(
     ep: &Endpoint,
@@ -507,7 +522,7 @@ async fn hold(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
     let n = args.sockets;
     let per = args.topics_per_socket.max(1);
     let workers = worker_count(args, n);
-    let base = counts(ep).await?;
+    let base = quiet_counts(ep).await?;
     let rss_before = rss(args);
     let mut pool = Pool::start(specs_for(args, ep, Kind::Hold, n, workers)).await?;
     let cpu = Cpu::now(args, &pool);
@@ -594,7 +609,7 @@ async fn fanout(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
     for s in &mut specs {
         s.topics = 1;
     }
-    let base = counts(ep).await?;
+    let base = quiet_counts(ep).await?;
     let mut pool = Pool::start(specs).await?;
     let pb = bar(n as u64, "subscribe");
     let setups = pool.ready(&pb).await?;
@@ -768,7 +783,7 @@ async fn query(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
         s.topics_per_socket = per;
     }
     specs[0].query_sockets = args.askers.max(1);
-    let base = counts(ep).await?;
+    let base = quiet_counts(ep).await?;
     let mut pool = Pool::start(specs).await?;
     let pb = bar(populating as u64, "populate");
     let setups = pool.ready(&pb).await?;
@@ -828,7 +843,7 @@ async fn query(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
 
 async fn churn(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
     let workers = if args.workers > 0 { args.workers } else { 1 };
-    let base = counts(ep).await?;
+    let base = quiet_counts(ep).await?;
     let mut specs = specs_for(args, ep, Kind::Churn, 0, workers);
     for (i, (_, c)) in shares(args.cycles as usize, workers)
         .into_iter()
