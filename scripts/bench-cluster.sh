@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The cluster measurements of BENCHMARKS.md: a local redis-server, NODES
+# headcount nodes sharing it, then (1) `bench cluster` over the first three
+# (join/leave propagation) and (2) PER sockets held on every node at once,
+# with every node's /api/stats/cluster read while they are held.
+#
+#   BIN=target/release/headcount scripts/bench-cluster.sh /tmp/bench-cluster
+set -euo pipefail
+OUT=${1:-/tmp/headcount-bench-cluster}
+BIN=${BIN:-target/release/headcount}
+NODES=${NODES:-6}
+PER=${PER:-16700}
+REDIS_PORT=${REDIS_PORT:-16500}
+BASE=${BASE:-21210}   # node i listens on BASE+i, below the ephemeral range
+mkdir -p "$OUT"
+export RUST_BACKTRACE=0
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+redis-server --port "$REDIS_PORT" --save "" --appendonly no --daemonize yes --logfile "$OUT/redis.log"
+sleep 0.5
+urls=()
+for i in $(seq "$NODES"); do
+  RUST_LOG=warn "$BIN" serve --bind 127.0.0.1:$((BASE + i)) --node "n$i@127.0.0.1" \
+    --redis "redis://127.0.0.1:$REDIS_PORT" --redis-prefix "bench$$" \
+    --allow-topic 'bench:*' >"$OUT/node$i.out" 2>"$OUT/node$i.err" </dev/null &
+  pids+=($!)
+  urls+=("127.0.0.1:$((BASE + i))")
+done
+sleep 2
+for r in 1 2 3; do
+  "$BIN" bench cluster --url "${urls[0]},${urls[1]},${urls[2]}" --rounds 200 --json >"$OUT/cluster3-$r.json"
+done
+holds=()
+for i in $(seq "$NODES"); do
+  "$BIN" bench hold --url "${urls[$((i - 1))]}" --sockets "$PER" --hold 25 --workers 2 \
+    --server-pid "${pids[$((i - 1))]}" --settle 0 --json >"$OUT/hold-node$i.json" &
+  holds+=($!)
+done
+sleep 15
+for u in "${urls[@]}"; do curl -s "http://$u/api/stats/cluster"; echo; done >"$OUT/cluster-stats-held.jsonl"
+wait "${holds[@]}"
+jq -c '{node, total_connections, socket_count, cluster_size, degraded}' "$OUT/cluster-stats-held.jsonl"
