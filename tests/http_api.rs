@@ -23,6 +23,11 @@ async fn api_stats_is_local_stats() {
         "{:?}",
         res.headers
     );
+    assert_eq!(
+        res.header("access-control-allow-origin"),
+        Some("*"),
+        "a page on another origin may read the figures"
+    );
 
     let mut a = v1(server.addr).await;
     a.join_ok(STREAM, json!({})).await;
