@@ -7,7 +7,6 @@
 
 const { test, before, after } = require("node:test");
 const assert = require("node:assert/strict");
-const { spawn } = require("node:child_process");
 const fs = require("node:fs");
 const http = require("node:http");
 const os = require("node:os");
@@ -15,14 +14,7 @@ const path = require("node:path");
 const { chromium } = require("playwright-core");
 const { Socket } = require("phoenix");
 const WebSocket = require("ws");
-
-const BIN = process.env.HEADCOUNT_BIN;
-if (!BIN) {
-  throw new Error("HEADCOUNT_BIN is not set: point it at the headcount binary (target/debug/headcount)");
-}
-if (!fs.existsSync(BIN)) {
-  throw new Error(`HEADCOUNT_BIN=${BIN} does not exist: run cargo build first`);
-}
+const { stopServer, ...support } = require("./support/server");
 
 const ARTIFACTS = path.resolve(__dirname, "..", "..", "artifacts");
 const CHROMIUM_ARGS = [
@@ -33,43 +25,9 @@ const NODE = "dash@test";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Starts `headcount serve`; resolves once it printed its address. */
+/** Starts `headcount serve` as this file's node. */
 function startServer(bind = "127.0.0.1:0") {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(BIN, ["serve", "--bind", bind, "--node", NODE, "--stats-interval-ms", "1000"], {
-      stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, RUST_LOG: "warn" },
-    });
-    let out = "", err = "";
-    const timer = setTimeout(() => {
-      proc.kill("SIGKILL");
-      reject(new Error(`server did not start within 10 s; stderr:\n${err}`));
-    }, 10000);
-    proc.stdout.on("data", (d) => {
-      out += d;
-      const m = out.match(/listening on (\S+) node/);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ proc, addr: m[1], base: `http://${m[1]}` });
-      }
-    });
-    proc.stderr.on("data", (d) => { err += d; });
-    proc.on("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited with ${code} before listening; stderr:\n${err}`));
-    });
-  });
-}
-
-/** SIGTERM, then wait for the exit (SIGKILL after 10 s). */
-function stopServer(server) {
-  const { proc } = server;
-  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => proc.kill("SIGKILL"), 10000);
-    proc.once("exit", () => { clearTimeout(timer); resolve(); });
-    proc.kill("SIGTERM");
-  });
+  return support.startServer({ bind, args: ["--node", NODE, "--stats-interval-ms", "1000"] });
 }
 
 /** A Phoenix client joined to `topic`; resolves once the join is ok. */

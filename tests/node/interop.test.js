@@ -8,48 +8,18 @@
 const { test } = require("node:test");
 const assert = require("node:assert/strict");
 const { spawn } = require("node:child_process");
-const fs = require("node:fs");
 const path = require("node:path");
 const WebSocket = require("ws");
 const { Socket } = require("phoenix");
-
-const BIN = process.env.HEADCOUNT_BIN;
-if (!BIN) {
-  throw new Error("HEADCOUNT_BIN is not set: export HEADCOUNT_BIN=$PWD/target/debug/headcount");
-}
-if (!fs.existsSync(BIN)) {
-  throw new Error(`HEADCOUNT_BIN=${BIN} does not exist: run cargo build --bins first`);
-}
+const support = require("./support/server");
 
 const TIMEOUT = 10000;
 
-/** Starts `headcount serve` on a free port; resolves once the start line is read. */
-function startServer(t, args = []) {
-  const env = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith("HEADCOUNT_")) env[k] = v;
-  }
-  env.RUST_LOG = "warn";
-  const proc = spawn(BIN, ["serve", "--bind", "127.0.0.1:0", ...args], {
-    env,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stderr = "";
-  proc.stderr.on("data", (d) => (stderr += d));
-  t.after(() => proc.kill("SIGKILL"));
-  return new Promise((resolve, reject) => {
-    let out = "";
-    const timer = setTimeout(() => reject(new Error(`no start line; stderr: ${stderr}`)), TIMEOUT);
-    proc.on("exit", (code) => reject(new Error(`server exited ${code}; stderr: ${stderr}`)));
-    proc.stdout.on("data", (d) => {
-      out += d;
-      const m = out.match(/^headcount listening on (\S+):(\d+) node (\S+)\n/);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ proc, host: m[1], port: Number(m[2]), node: m[3], url: `ws://${m[1]}:${m[2]}/socket` });
-      }
-    });
-  });
+/** Starts `headcount serve` on a free port, killed when the test ends. */
+async function startServer(t, args = []) {
+  const server = await support.startServer({ args, timeoutMs: TIMEOUT });
+  t.after(() => server.proc.kill("SIGKILL"));
+  return server;
 }
 
 /** A connected phoenix Socket, disconnected when the test ends. */
