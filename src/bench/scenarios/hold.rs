@@ -1,0 +1,131 @@
+//! `bench hold`: open N sockets, hold them, and measure what they cost the
+//! server (counts, RSS) from open to after close.
+
+use super::measure::{counts, counts_until, quiet_counts, rss, Cpu};
+use super::pool::{bar, merge_setups, specs_for, worker_count, Pool};
+use super::report::{cpu_line, kib, lat_line, round3};
+use crate::bench::worker::{Command, Kind};
+use crate::bench::{BenchArgs, BenchError, Endpoint};
+use indicatif::ProgressBar;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {
+    let n = args.sockets;
+    let per = args.topics_per_socket.max(1);
+    let workers = worker_count(args, n);
+    let base = quiet_counts(ep).await?;
+    let rss_before = rss(args);
+    let mut pool = Pool::start(specs_for(args, ep, Kind::Hold, n, workers)).await?;
+    let cpu = Cpu::now(args, &pool);
+    let pb = bar(n as u64, "connect+join");
+    let setups = pool.ready(&pb).await?;
+    pb.finish_and_clear();
+    let mut open = merge_setups(&setups);
+    let opened = open["opened"].as_u64().unwrap_or(0);
+    let secs = open["seconds"].as_f64().unwrap_or(0.0);
+    open["cpu"] = cpu.since(args, &pool, opened, secs);
+    let rss_open = rss(args);
+    let held = counts(ep).await?;
+    let expect_sockets = base.sockets + opened;
+    let expect_conns = base.connections + opened * per as u64;
+    let hold_pb = bar((args.hold * 10.0) as u64, "holding");
+    let until = Instant::now() + Duration::from_secs_f64(args.hold);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        hold_pb.inc(1);
+    }
+    hold_pb.finish_and_clear();
+    let rss_held = rss(args);
+    let held_end = counts(ep).await?;
+    pool.send_all(|| Command::Stop);
+    let outcomes = pool.done(&ProgressBar::hidden(), None).await?;
+    let alive: u64 = outcomes.iter().map(|o| o.alive).sum();
+    let (after, drained, drain_s) = counts_until(ep, Duration::from_secs(30), |c| {
+        c.sockets <= base.sockets && c.connections <= base.connections
+    })
+    .await?;
+    let settle = Duration::from_secs_f64(args.settle.max(0.0));
+    tokio::time::sleep(settle).await;
+    let rss_after = rss(args);
+    let per_socket = match (rss_before, rss_held) {
+        (Some(b), Some(h)) if opened > 0 => Some(h.saturating_sub(b) as f64 / opened as f64),
+        _ => None,
+    };
+    Ok(json!({
+        "scenario": "hold",
+        "url": args.url[0],
+        "sockets": n,
+        "topics": args.topics,
+        "topics_per_socket": per,
+        "workers": workers,
+        "sources": args.sources,
+        "rate_target": args.rate,
+        "hold_s": args.hold,
+        "open": open,
+        "alive_at_end": alive,
+        "server": {
+            "baseline": {"sockets": base.sockets, "connections": base.connections},
+            "held": {"sockets": held.sockets, "connections": held.connections},
+            "held_at_end": {"sockets": held_end.sockets, "connections": held_end.connections},
+            "after_close": {"sockets": after.sockets, "connections": after.connections},
+            "counts_exact": held.sockets == expect_sockets && held.connections == expect_conns
+                && held_end.sockets == expect_sockets && held_end.connections == expect_conns,
+            "drained": drained,
+            "drain_s": round3(drain_s),
+        },
+        "rss": {
+            "pid": args.server_pid,
+            "before": rss_before,
+            "open": rss_open,
+            "held": rss_held,
+            "after_close": rss_after,
+            "settle_s": args.settle,
+            "bytes_per_socket": per_socket.map(|b| b.round() as u64),
+            "after_close_vs_before": match (rss_before, rss_after) {
+                (Some(b), Some(a)) if b > 0 => Some(round3(a as f64 / b as f64)),
+                _ => None,
+            },
+        },
+    }))
+}
+
+/// The human summary's lines for this report.
+pub(super) fn summary(r: &Value, line: &mut impl FnMut(String)) {
+    let o = &r["open"];
+    line(format!(
+        "hold: {} sockets × {} topic(s) over {} topics, {} worker(s)",
+        r["sockets"], r["topics_per_socket"], r["topics"], r["workers"]
+    ));
+    line(format!(
+        "  opened {} failed {} in {} s → {} connect+join/s",
+        o["opened"], o["failed"], o["seconds"], o["connect_join_per_s"]
+    ));
+    if o["failed"].as_u64().unwrap_or(0) > 0 {
+        line(format!("  errors: {}", o["errors"]));
+    }
+    line(format!(
+        "  connect      {}",
+        lat_line(&o["connect_latency"])
+    ));
+    line(format!("  join         {}", lat_line(&o["join_latency"])));
+    line(format!(
+        "  connect+join {}",
+        lat_line(&o["connect_join_latency"])
+    ));
+    line(cpu_line(&o["cpu"], "socket"));
+    let s = &r["server"];
+    line(format!(
+        "  server: held {} sockets / {} memberships (exact: {}), alive at end {}, drained {} in {} s",
+        s["held"]["sockets"], s["held"]["connections"], s["counts_exact"],
+        r["alive_at_end"], s["drained"], s["drain_s"]
+    ));
+    let m = &r["rss"];
+    if m["pid"].is_number() {
+        line(format!(
+            "  server RSS: before {}  held {}  after close {} (+{} s)  → {} bytes/socket, after/before {}",
+            kib(&m["before"]), kib(&m["held"]), kib(&m["after_close"]), m["settle_s"],
+            m["bytes_per_socket"], m["after_close_vs_before"]
+        ));
+    }
+}
