@@ -159,6 +159,15 @@ impl Endpoint {
     pub fn http_base(&self) -> String {
         format!("http://{}", self.host)
     }
+
+    /// Where a client socket connects for this server.
+    pub fn target(&self) -> client::Target {
+        client::Target {
+            addr: self.addr,
+            path: self.ws_path.clone(),
+            host: self.host.clone(),
+        }
+    }
 }
 
 fn is_loopback(ip: IpAddr) -> bool {

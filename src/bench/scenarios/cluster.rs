@@ -4,9 +4,9 @@
 use super::failed;
 use super::pool::bar;
 use super::report::lat_line;
-use crate::bench::client::{self, Target, Ws};
+use crate::bench::client::Ws;
 use crate::bench::hist::Hist;
-use crate::bench::worker::{self};
+use crate::bench::worker;
 use crate::bench::{BenchArgs, BenchError, Endpoint};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -34,11 +34,7 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
     let mut socks = Vec::new();
     let mut names = Vec::new();
     for ep in eps {
-        let target = Target {
-            addr: ep.addr,
-            path: ep.ws_path.clone(),
-            host: ep.host.clone(),
-        };
+        let target = ep.target();
         let (mut ws, _, _) = worker::open_joined(&target, None, &["patterns:stats".into()])
             .await
             .map_err(|e| failed(format!("{}: {e}", ep.host)))?;
@@ -124,7 +120,6 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
     for ws in &mut socks {
         let _ = ws.send_close().await;
     }
-    let _ = client::OP_TEXT;
     Ok(json!({
         "scenario": "cluster",
         "urls": args.url,

@@ -3,9 +3,8 @@
 
 use super::failed;
 use super::measure::{counts, quiet_counts, Cpu};
-use super::pool::{bar, merge_setups, specs_for, worker_count, Pool};
+use super::pool::{bar, specs_for, worker_count, Pool};
 use super::report::{cpu_line, lat_line, per_s, round3};
-use crate::bench::client::Target;
 use crate::bench::hist::Hist;
 use crate::bench::http::Http;
 use crate::bench::worker::{self, now_us, Event, Kind};
@@ -25,21 +24,14 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
     }
     let base = quiet_counts(ep).await?;
     let mut pool = Pool::start(specs).await?;
-    let pb = bar(n as u64, "subscribe");
-    let setups = pool.ready(&pb).await?;
-    pb.finish_and_clear();
-    let open = merge_setups(&setups);
+    let open = pool.opened(n as u64, "subscribe").await?;
     let subscribers = open["opened"].as_u64().unwrap_or(0);
     let before = counts(ep).await?;
     let members_before = before.by_topic.get(&topic).copied().unwrap_or(0)
         - base.by_topic.get(&topic).copied().unwrap_or(0);
 
     // Publishers: HTTP connections, or client sockets joined to the topic.
-    let target = Target {
-        addr: ep.addr,
-        path: ep.ws_path.clone(),
-        host: ep.host.clone(),
-    };
+    let target = ep.target();
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let messages = args.messages;

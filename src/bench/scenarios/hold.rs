@@ -2,7 +2,7 @@
 //! server (counts, RSS) from open to after close.
 
 use super::measure::{counts, counts_until, quiet_counts, rss, Cpu};
-use super::pool::{bar, merge_setups, specs_for, worker_count, Pool};
+use super::pool::{bar, specs_for, worker_count, Pool};
 use super::report::{cpu_line, kib, lat_line, round3};
 use crate::bench::worker::{Command, Kind};
 use crate::bench::{BenchArgs, BenchError, Endpoint};
@@ -18,10 +18,7 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
     let rss_before = rss(args);
     let mut pool = Pool::start(specs_for(args, ep, Kind::Hold, n, workers)).await?;
     let cpu = Cpu::now(args, &pool);
-    let pb = bar(n as u64, "connect+join");
-    let setups = pool.ready(&pb).await?;
-    pb.finish_and_clear();
-    let mut open = merge_setups(&setups);
+    let mut open = pool.opened(n as u64, "connect+join").await?;
     let opened = open["opened"].as_u64().unwrap_or(0);
     let secs = open["seconds"].as_f64().unwrap_or(0.0);
     open["cpu"] = cpu.since(args, &pool, opened, secs);

@@ -149,6 +149,15 @@ impl Pool {
         Ok(got.into_iter().flatten().collect())
     }
 
+    /// Waits, behind a progress bar of `n`, until every worker has opened its
+    /// sockets; their set-up figures merged into one report.
+    pub(super) async fn opened(&mut self, n: u64, what: &str) -> Result<Value, BenchError> {
+        let pb = bar(n, what);
+        let setups = self.ready(&pb).await?;
+        pb.finish_and_clear();
+        Ok(merge_setups(&setups))
+    }
+
     /// Waits for every worker's outcome; after `stop_after` asks them to stop.
     pub(super) async fn done(
         &mut self,

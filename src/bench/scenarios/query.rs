@@ -2,7 +2,7 @@
 //! populated, and whether the counts in the replies are exact.
 
 use super::measure::{counts, quiet_counts, Cpu};
-use super::pool::{bar, merge_setups, specs_for, worker_count, Pool};
+use super::pool::{bar, specs_for, worker_count, Pool};
 use super::report::{cpu_line, lat_line, per_s, round3};
 use crate::bench::hist::Hist;
 use crate::bench::http::Http;
@@ -26,10 +26,7 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
     specs[0].query_sockets = args.askers.max(1);
     let base = quiet_counts(ep).await?;
     let mut pool = Pool::start(specs).await?;
-    let pb = bar(populating as u64, "populate");
-    let setups = pool.ready(&pb).await?;
-    pb.finish_and_clear();
-    let open = merge_setups(&setups);
+    let open = pool.opened(populating as u64, "populate").await?;
     let populated = counts(ep).await?;
     let expected = base.connections + k as u64 + args.askers.max(1) as u64;
     let topics_seen = populated.by_topic.len();
