@@ -71,27 +71,31 @@ fn bench(args: &[&str]) -> Value {
     })
 }
 
+/// `bench SCENARIO --url URL` with flag/value pairs, one pair a line.
+fn bench_at(scenario: &str, url: &str, flags: &[(&str, &str)]) -> Value {
+    let mut args = vec![scenario, "--url", url];
+    for (flag, value) in flags {
+        args.extend([*flag, *value]);
+    }
+    bench(&args)
+}
+
 #[test]
 fn hold_reports_exact_counts_and_rss_across_worker_processes() {
     let node = start_node();
     let pid = node.child.id().to_string();
-    let r = bench(&[
+    let r = bench_at(
         "hold",
-        "--url",
         &node.addr,
-        "--sockets",
-        "200",
-        "--topics",
-        "7",
-        "--hold",
-        "0.5",
-        "--workers",
-        "2",
-        "--server-pid",
-        &pid,
-        "--settle",
-        "0",
-    ]);
+        &[
+            ("--sockets", "200"),
+            ("--topics", "7"),
+            ("--hold", "0.5"),
+            ("--workers", "2"),
+            ("--server-pid", &pid),
+            ("--settle", "0"),
+        ],
+    );
     assert_eq!(r["open"]["opened"], 200, "{r}");
     assert_eq!(r["open"]["failed"], 0, "{r}");
     assert_eq!(r["open"]["join_latency"]["count"], 200);
@@ -108,15 +112,11 @@ fn hold_reports_exact_counts_and_rss_across_worker_processes() {
 #[test]
 fn fanout_over_http_and_client_broadcast_loses_nothing() {
     let node = start_node();
-    let r = bench(&[
+    let r = bench_at(
         "fanout",
-        "--url",
         &node.addr,
-        "--sockets",
-        "200",
-        "--messages",
-        "20",
-    ]);
+        &[("--sockets", "200"), ("--messages", "20")],
+    );
     assert_eq!(r["subscribers"], 200, "{r}");
     assert_eq!(r["members_seen_by_server"], 200);
     assert_eq!(r["publish_errors"], 0);
@@ -126,21 +126,17 @@ fn fanout_over_http_and_client_broadcast_loses_nothing() {
     assert_eq!(r["duplicates"], 0);
     assert_eq!(r["latency"]["count"], 4000);
 
-    let r = bench(&[
+    let r = bench_at(
         "fanout",
-        "--url",
         &node.addr,
-        "--sockets",
-        "200",
-        "--messages",
-        "20",
-        "--publish",
-        "client",
-        "--publishers",
-        "2",
-        "--workers",
-        "2",
-    ]);
+        &[
+            ("--sockets", "200"),
+            ("--messages", "20"),
+            ("--publish", "client"),
+            ("--publishers", "2"),
+            ("--workers", "2"),
+        ],
+    );
     assert_eq!(r["publish_errors"], 0, "{r}");
     assert_eq!(r["delivered"], 4000);
     assert_eq!(r["lost"], 0);
@@ -150,17 +146,15 @@ fn fanout_over_http_and_client_broadcast_loses_nothing() {
 #[test]
 fn query_sees_every_populated_topic() {
     let node = start_node();
-    let r = bench(&[
+    let r = bench_at(
         "query",
-        "--url",
         &node.addr,
-        "--topics",
-        "500",
-        "--duration",
-        "0.5",
-        "--askers",
-        "2",
-    ]);
+        &[
+            ("--topics", "500"),
+            ("--duration", "0.5"),
+            ("--askers", "2"),
+        ],
+    );
     assert_eq!(r["populating_sockets"], 5, "{r}");
     // 500 generic topics plus patterns:stats.
     assert_eq!(r["topics_seen_by_server"], 501);
@@ -168,17 +162,15 @@ fn query_sees_every_populated_topic() {
     assert_eq!(r["counts_exact"], true, "{r}");
     assert_eq!(r["errors"], 0);
     assert!(r["answered"].as_u64().unwrap() > 0);
-    let r = bench(&[
+    let r = bench_at(
         "query",
-        "--url",
         &node.addr,
-        "--topics",
-        "50",
-        "--queries",
-        "20",
-        "--event",
-        "cluster",
-    ]);
+        &[
+            ("--topics", "50"),
+            ("--queries", "20"),
+            ("--event", "cluster"),
+        ],
+    );
     assert_eq!(r["answered"], 20, "{r}");
     assert_eq!(r["counts_exact"], true, "{r}");
 }
@@ -186,21 +178,17 @@ fn query_sees_every_populated_topic() {
 #[test]
 fn churn_returns_to_the_baseline() {
     let node = start_node();
-    let r = bench(&[
+    let r = bench_at(
         "churn",
-        "--url",
         &node.addr,
-        "--cycles",
-        "400",
-        "--topics",
-        "5",
-        "--topics-per-socket",
-        "2",
-        "--concurrency",
-        "16",
-        "--abrupt-every",
-        "3",
-    ]);
+        &[
+            ("--cycles", "400"),
+            ("--topics", "5"),
+            ("--topics-per-socket", "2"),
+            ("--concurrency", "16"),
+            ("--abrupt-every", "3"),
+        ],
+    );
     assert_eq!(r["cycles"], 400, "{r}");
     assert_eq!(r["failed_cycles"], 0);
     assert_eq!(r["returned_to_baseline"], true);
@@ -216,7 +204,7 @@ fn churn_returns_to_the_baseline() {
 fn cluster_degenerates_to_one_node() {
     let node = start_node();
     let url = format!("{0},{0}", node.addr);
-    let r = bench(&["cluster", "--url", &url, "--rounds", "4"]);
+    let r = bench_at("cluster", &url, &[("--rounds", "4")]);
     assert_eq!(r["nodes"][0], "smoke@127.0.0.1", "{r}");
     // Two URLs of the same node: each round joins on one, watches the other.
     assert_eq!(r["join_visible"]["count"], 4);
