@@ -96,10 +96,6 @@ impl Ctx {
         self.sockets.shrink_to_fit();
     }
 
-    pub fn open_sockets(&self) -> usize {
-        self.sockets.len()
-    }
-
     /// Whether a client may join `topic` as a generic channel.
     pub fn topic_allowed(&self, topic: &str) -> bool {
         self.config.allow_topic.iter().any(|g| glob_match(g, topic))

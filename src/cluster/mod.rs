@@ -28,11 +28,6 @@ pub enum Cluster {
 }
 
 impl Cluster {
-    /// Whether cluster stats can be answered without waiting on anything.
-    pub fn is_local(&self) -> bool {
-        matches!(self, Cluster::Local)
-    }
-
     /// ClusterStats as JSON text.
     pub async fn stats(&self, ctx: &Ctx) -> String {
         match self {
