@@ -1,10 +1,9 @@
 //! Everything served over plain HTTP on the node's port: the WebSocket
 //! upgrade, the stats and events API, metrics and health checks.
 
-use crate::bus::Event;
+use crate::bus::{Event, MAX_BATCH, MAX_BODY};
 use crate::context::Ctx;
 use crate::protocol::Vsn;
-use crate::stats;
 use crate::transport::handshake;
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -16,11 +15,6 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::sync::Arc;
 use tokio::net::TcpStream;
-
-/// Largest body accepted by the write API.
-pub const MAX_BODY: usize = 1 << 20;
-/// Most events in one `POST /api/events`.
-pub const MAX_BATCH: usize = 1000;
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
@@ -56,38 +50,11 @@ fn error(status: StatusCode, message: &str) -> Response {
     json(status, serde_json::json!({ "error": message }).to_string())
 }
 
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return s.into();
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(b) => {
-                    out.push(b);
-                    i += 2;
-                }
-                None => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned().into()
+/// The first value of query parameter `name`, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// `GET /socket/websocket`: checks `vsn`, capacity and the handshake, answers
@@ -105,13 +72,13 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
         Ok(a) => a,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    let Some(slot) = ctx.tally.try_open_socket(ctx.max_connections) else {
+    let Some(slot) = ctx.registry.try_open_socket(ctx.max_connections) else {
         ctx.metrics.sockets_refused.increment(1);
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let owner = ctx.clone();
-    tokio::spawn(async move {
+    ctx.tasks.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
@@ -123,8 +90,8 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
                 drop(parts.read_buf);
                 // A fresh task, so the session's future carries nothing of
                 // the handshake.
-                tokio::spawn(crate::session::run(
-                    owner,
+                owner.tasks.spawn(crate::session::run(
+                    owner.clone(),
                     parts.io.into_inner(),
                     prelude,
                     vsn,
@@ -149,18 +116,18 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
 }
 
 async fn local_stats(State(ctx): State<Arc<Ctx>>) -> Response {
-    json(StatusCode::OK, stats::local_stats(&ctx.tally))
+    json(StatusCode::OK, ctx.reporter.local())
 }
 
 async fn cluster_stats(State(ctx): State<Arc<Ctx>>) -> Response {
-    json(StatusCode::OK, ctx.cluster().stats(&ctx).await)
+    json(StatusCode::OK, ctx.cluster.stats().await)
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ctx.metrics.render(&ctx.tally),
+        ctx.metrics.render(&ctx.registry),
     )
         .into_response()
 }
@@ -230,7 +197,7 @@ async fn events(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) -> 
             ctx.bus.publish_all(&events);
             json(
                 StatusCode::ACCEPTED,
-                format!("{{\"accepted\":{}}}", events.len()),
+                serde_json::json!({ "accepted": events.len() }).to_string(),
             )
         }
         Err(e) => {
@@ -259,7 +226,10 @@ async fn broadcast(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) 
         Some(p) => p.to_string(),
     };
     ctx.bus.broadcast(topic, event, &payload);
-    json(StatusCode::ACCEPTED, "{\"accepted\":1}".into())
+    json(
+        StatusCode::ACCEPTED,
+        serde_json::json!({ "accepted": 1 }).to_string(),
+    )
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! Prometheus metrics for one node. Each node owns its own recorder (no
 //! global), so several servers in one process never mix their figures.
-//! Gauges that mirror counts are set from the tally at render time, so
+//! Gauges that mirror counts are set from the registry at render time, so
 //! `/metrics` can never disagree with `/api/stats`. Cluster-only gauges are
 //! left out on a single node, so an alert on `headcount_redis_up == 0` never
 //! fires where there is no Redis.
 
-use crate::tally::Tally;
+use crate::registry::Registry;
+use crate::topics::BUILTIN;
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 static META: Metadata<'static> = Metadata::new("headcount", Level::INFO, Some("headcount"));
 
@@ -18,6 +20,7 @@ pub enum JoinRejection {
     TooManyChannels,
     InvalidSubsystem,
     BadPayload,
+    TooManyTopics,
 }
 
 /// Why a frame was refused (label `reason`).
@@ -29,12 +32,10 @@ pub enum FrameRejection {
     Protocol,
 }
 
-pub const BUILTIN_TOPICS: [&str; 3] = ["patterns:stats", "patterns:stream", "patterns:vsm"];
-
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    join_rejections: [Counter; 4],
+    join_rejections: [Counter; 5],
     frame_rejections: [Counter; 4],
     pub slow_consumer_closes: Counter,
     pub idle_timeouts: Counter,
@@ -50,6 +51,7 @@ pub struct Metrics {
     pub cluster_nodes: Gauge,
     pub oldest_node_age: Gauge,
     pub outbound_queue_high_water: Gauge,
+    queue_high_water: AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -105,6 +107,11 @@ impl Metrics {
                 counter(
                     "headcount_join_rejections_total",
                     reason("bad_payload"),
+                    join_help,
+                ),
+                counter(
+                    "headcount_join_rejections_total",
+                    reason("too_many_topics"),
                     join_help,
                 ),
             ],
@@ -187,6 +194,7 @@ impl Metrics {
                 &Key::from_name("headcount_outbound_queue_high_water_messages"),
                 &META,
             ),
+            queue_high_water: AtomicUsize::new(0),
             recorder,
             handle,
         };
@@ -282,8 +290,8 @@ impl Metrics {
     }
 
     /// Records a queue depth; the gauge keeps the highest seen.
-    pub fn queue_depth(&self, depth: usize, high_water: &std::sync::atomic::AtomicUsize) {
-        let prev = high_water.fetch_max(depth, std::sync::atomic::Ordering::Relaxed);
+    pub fn queue_depth(&self, depth: usize) {
+        let prev = self.queue_high_water.fetch_max(depth, Ordering::Relaxed);
         if depth > prev {
             self.outbound_queue_high_water.set(depth as f64);
         }
@@ -308,29 +316,28 @@ impl Metrics {
         .set(1.0);
     }
 
-    /// Prometheus text, with count gauges read from the tally right now,
+    /// Prometheus text, with count gauges read from the registry right now,
     /// families sorted by name so the page reads the same on every scrape.
-    pub fn render(&self, tally: &Tally) -> String {
-        let snap = tally.snapshot();
+    pub fn render(&self, registry: &Registry) -> String {
+        let totals = registry.totals();
         let gauge = |name: &'static str, labels: Vec<Label>| {
             self.recorder
                 .register_gauge(&Key::from_parts(name, labels), &META)
         };
-        gauge("headcount_sockets", vec![]).set(snap.socket_count as f64);
-        gauge("headcount_memberships", vec![]).set(snap.connection_count as f64);
-        gauge("headcount_topics", vec![]).set(snap.topic_count as f64);
-        for topic in BUILTIN_TOPICS {
+        gauge("headcount_sockets", vec![]).set(totals.sockets as f64);
+        gauge("headcount_memberships", vec![]).set(totals.memberships as f64);
+        gauge("headcount_topics", vec![]).set(totals.topics as f64);
+        for topic in BUILTIN {
             gauge(
                 "headcount_topic_memberships",
                 vec![Label::new("topic", topic)],
             )
-            .set(tally.count(topic) as f64);
+            .set(registry.count(topic) as f64);
         }
         let counter =
             |name: &'static str| self.recorder.register_counter(&Key::from_name(name), &META);
-        let (joins, leaves) = tally.totals();
-        counter("headcount_joins_total").absolute(joins);
-        counter("headcount_leaves_total").absolute(leaves);
+        counter("headcount_joins_total").absolute(totals.joins);
+        counter("headcount_leaves_total").absolute(totals.leaves);
         gauge("headcount_process_resident_memory_bytes", vec![])
             .set(crate::stats::rss_bytes() as f64);
         if let Some(open) = open_fds() {
@@ -391,11 +398,11 @@ mod tests {
 
     #[test]
     fn single_node_leaves_out_cluster_gauges_and_sorts_families() {
-        let tally = Tally::new("n@h");
+        let registry = Registry::new("n@h", 100);
         let m = Metrics::with_mode(false);
         m.set_static(42);
         m.redis_up.set(1.0);
-        let text = m.render(&tally);
+        let text = m.render(&registry);
         assert!(!text.contains("headcount_redis_up"), "{text}");
         assert!(!text.contains("headcount_cluster_nodes"), "{text}");
         assert!(text.contains("headcount_sockets_limit 42\n"), "{text}");
@@ -411,7 +418,7 @@ mod tests {
         let m = Metrics::with_mode(true);
         m.redis_up.set(1.0);
         m.cluster_nodes.set(3.0);
-        let text = m.render(&tally);
+        let text = m.render(&registry);
         assert!(text.contains("headcount_redis_up 1\n"), "{text}");
         assert!(text.contains("headcount_cluster_nodes 3\n"), "{text}");
     }

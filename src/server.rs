@@ -3,10 +3,10 @@
 //! one accept loop, one task per connection, one shutdown signal.
 
 use crate::bus::Bus;
-use crate::cluster::{Cluster, RedisCluster, RedisSetupError};
+use crate::cluster::RedisSetupError;
 use crate::config::Config;
 use crate::context::Ctx;
-use crate::{channels, http};
+use crate::{channels, http, summary, trim};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::io;
@@ -14,15 +14,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// File descriptors kept back from `--max-connections` for Redis, HTTP
 /// requests and the process itself.
 pub const FD_RESERVE: u64 = 100;
-/// Longest a graceful shutdown waits for sockets to close.
+/// Longest a graceful shutdown waits for sockets and tasks to end.
 const DRAIN_LIMIT: Duration = Duration::from_secs(7);
+/// Longest an HTTP connection may take to finish its request at the end.
+const HTTP_LINGER: Duration = Duration::from_secs(1);
+/// Longest a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `/readyz` keeps answering 503 after the sockets are gone, so
 /// that a load balancer sees the node draining.
 const DRAIN_GRACE: Duration = Duration::from_millis(300);
@@ -36,6 +40,9 @@ pub enum ServerError {
     #[error(transparent)]
     Redis(#[from] RedisSetupError),
 }
+
+/// A node's periodic work, boxed so the tasks can be started in one way.
+type Background = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub struct Server {
     ctx: Arc<Ctx>,
@@ -66,12 +73,7 @@ impl Server {
         socket.bind(addr).map_err(listen)?;
         let listener = socket.listen(4096).map_err(listen)?;
         let addr = listener.local_addr().map_err(listen)?;
-        let ctx = Ctx::new(config, max);
-        if ctx.config.redis.is_some() {
-            let (redis, relay) = RedisCluster::new(&ctx.config, ctx.metrics.clone())?;
-            let _ = ctx.cluster.set(Cluster::Redis(Box::new(redis)));
-            ctx.bus.set_relay(Arc::new(relay));
-        }
+        let ctx = Ctx::assemble(config, max)?;
         Ok(Server {
             ctx,
             listener,
@@ -87,13 +89,10 @@ impl Server {
         &self.ctx.config.node
     }
 
-    /// The bus, for code that embeds headcount and publishes events.
-    pub fn bus(&self) -> &Bus {
-        &self.ctx.bus
-    }
-
-    pub fn context(&self) -> Arc<Ctx> {
-        self.ctx.clone()
+    /// The bus, for code that embeds headcount and publishes events; it
+    /// stays usable while `run` serves.
+    pub fn bus(&self) -> Arc<Bus> {
+        self.ctx.bus.clone()
     }
 
     pub fn max_connections(&self) -> u64 {
@@ -101,26 +100,40 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then drains: `/readyz` turns 503,
-    /// new sockets are refused, every socket is closed with 1001.
+    /// new sockets are refused, the node leaves the cluster, every socket is
+    /// closed with 1001, and every task ends.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server { ctx, listener, .. } = self;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(channels::stats::run_updates(ctx.clone()));
-        tasks.spawn(channels::stats::run_changes(ctx.clone()));
-        Cluster::spawn(&ctx, &mut tasks);
-        tasks.spawn(crate::summary::run(ctx.clone(), crate::summary::PERIOD));
-        tasks.spawn(crate::trim::run(ctx.clone()));
-        let (stop_http, http_stopped) = watch::channel(false);
-        let accept = accept_loop(ctx.clone(), listener, http_stopped);
+        let until_stopped = |task| {
+            ctx.tasks
+                .spawn(ctx.stop.clone().run_until_cancelled_owned(task));
+        };
+        until_stopped(Box::pin(channels::stats::run_updates(ctx.clone())) as Background);
+        until_stopped(Box::pin(channels::stats::run_changes(ctx.clone())));
+        until_stopped(Box::pin(summary::run(
+            ctx.registry.clone(),
+            ctx.config.node.clone(),
+            summary::PERIOD,
+        )));
+        until_stopped(Box::pin(trim::run(ctx.registry.clone())));
+        ctx.cluster.spawn(&ctx.tasks, &ctx.stop);
+        // HTTP outlives the drain (so `/readyz` can say 503 while it lasts)
+        // and is closed after it.
+        let http = TaskTracker::new();
+        let closed = CancellationToken::new();
+        let accept = accept_loop(ctx.clone(), listener, &http, &closed);
         let drain = async {
             shutdown.await;
             tracing::info!("shutting down: closing sockets");
-            ctx.begin_shutdown();
+            ctx.stop.cancel();
             // Other nodes stop counting this one now, not when its TTL lapses.
-            ctx.cluster().leave().await;
-            let deadline = Instant::now() + DRAIN_LIMIT;
-            while ctx.tally.sockets() > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            ctx.cluster.leave().await;
+            ctx.tasks.close();
+            if tokio::time::timeout(DRAIN_LIMIT, ctx.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(open_sockets = ctx.registry.sockets(), "drain timed out");
             }
             tokio::time::sleep(DRAIN_GRACE).await;
         };
@@ -128,13 +141,19 @@ impl Server {
             _ = accept => {}
             _ = drain => {}
         }
-        let _ = stop_http.send(true);
-        tasks.shutdown().await;
+        closed.cancel();
+        http.close();
+        let _ = tokio::time::timeout(HTTP_LINGER, http.wait()).await;
         tracing::info!("stopped");
     }
 }
 
-async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    http: &TaskTracker,
+    closed: &CancellationToken,
+) {
     let router = http::router(ctx.clone());
     let mut spare = open_spare();
     let mut refused_since_log = 0u64;
@@ -143,7 +162,7 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, stop: watch::Receiver
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_http(stream, router.clone(), stop.clone()));
+                http.spawn(serve_http(stream, router.clone(), closed.clone()));
             }
             Err(e) if is_out_of_files(&e) => {
                 // Out of descriptors: free the spare, take the waiting
@@ -164,7 +183,7 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, stop: watch::Receiver
                 if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                     tracing::warn!(
                         refused = refused_since_log,
-                        open_sockets = ctx.tally.sockets(),
+                        open_sockets = ctx.registry.sockets(),
                         "out of file descriptors: refusing new connections"
                     );
                     last_log = Some(Instant::now());
@@ -196,23 +215,19 @@ fn is_out_of_files(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
-async fn serve_http(stream: TcpStream, router: axum::Router, stop: watch::Receiver<bool>) {
+async fn serve_http(stream: TcpStream, router: axum::Router, closed: CancellationToken) {
     let service = hyper_util::service::TowerToHyperService::new(router);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
-    let mut stop = stop;
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
     tokio::select! {
         _ = conn.as_mut() => {}
-        _ = stopped => {
+        _ = closed.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+            let _ = tokio::time::timeout(HTTP_LINGER, conn).await;
         }
     }
 }

@@ -1,37 +1,24 @@
-//! One socket's life, in one task: reading and decoding its frames, running
-//! its joins and leaves, answering its requests, writing what its outbox
-//! holds, and closing it. The session owns its memberships; when it ends,
-//! for whatever reason, dropping them counts them down.
-//!
-//! Memory is what limits how many sockets a node holds, so an idle session
-//! keeps no buffers: reads go through a stack buffer and only an incomplete
-//! frame is kept; writes go through a per-thread scratch buffer and only
-//! bytes the kernel would not take yet are kept.
+//! One socket's Phoenix protocol state, in one task: the decoded messages it
+//! receives, its joins and leaves, its replies, its idle timer, and how it
+//! ends. The transport below it (`transport::connection`) does the bytes;
+//! the registry counts. The session owns its memberships: when it ends, for
+//! whatever reason, dropping them counts them down.
 
 use crate::channels::{self, Channel, Handled};
-use crate::context::{Ctx, Registration};
-use crate::hub::Subscription;
+use crate::context::Ctx;
 use crate::metrics::{FrameRejection, JoinRejection};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{self, reason, Inbound, JsonRef, Malformed, Vsn};
-use crate::tally::{Membership, SocketSlot};
-use crate::transport::codec::{self, close, Decoder, WsMessage};
+use crate::registry::{JoinError, Member, Membership, SocketSlot};
+use crate::transport::codec::{close, WsMessage};
+use crate::transport::connection::{Connection, Goodbye, ReadError, Socket};
 use bytes::Bytes;
-use std::cell::RefCell;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// How long a closing socket may take to flush its goodbye and hear the peer's.
-const LINGER: Duration = Duration::from_secs(3);
-const READ_CHUNK: usize = 8192;
-
-thread_local! {
-    /// Frames for one write are assembled here, so sockets own no write buffer.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
+/// Most pings answered per flush; a peer pinging faster gets fewer pongs.
+const MAX_PONGS: usize = 16;
 
 /// How the session ends.
 #[derive(Debug, Clone, Copy)]
@@ -53,15 +40,24 @@ impl End {
             End::Close(_, why) => why,
         }
     }
+
+    fn goodbye(self) -> Goodbye {
+        match self {
+            End::Gone => Goodbye::Silent,
+            End::PeerClose(code) => Goodbye::Close(code.unwrap_or(close::NORMAL), ""),
+            // A slow consumer gets its close code next, not after the backlog.
+            End::Close(close::POLICY, why) => Goodbye::CloseNow(close::POLICY, why),
+            End::Close(code, why) => Goodbye::Close(code, why),
+        }
+    }
 }
 
-/// One membership: the join_ref it was made with, and the values whose drop
-/// ends it in the tally and in the hub.
+/// One membership: the join_ref it was made with, and the value whose drop
+/// ends it.
 struct Joined {
     join_ref: JsonRef,
     channel: Channel,
     membership: Membership,
-    _subscription: Subscription,
 }
 
 struct Session {
@@ -72,48 +68,44 @@ struct Session {
     pongs: Vec<Bytes>,
     last_seen: Instant,
     end: Option<End>,
-    registration: Registration,
-    _slot: SocketSlot,
+    slot: SocketSlot,
 }
 
 /// Runs a socket from just after its 101 response until it is closed.
 /// `prelude` holds bytes the HTTP layer had already read past the handshake.
-pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Vec<u8>, vsn: Vsn, slot: SocketSlot) {
-    let outbox = Arc::new(Outbox::new(ctx.config.outbound_queue));
-    let registration = ctx.register(outbox.clone());
-    if ctx.draining() {
-        outbox.close(CloseReason::Shutdown);
-    }
+pub async fn run<S: Socket>(
+    ctx: Arc<Ctx>,
+    stream: S,
+    mut prelude: Vec<u8>,
+    vsn: Vsn,
+    slot: SocketSlot,
+) {
     let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
-    tracing::debug!(
-        node = %ctx.config.node,
-        socket_id = registration.id(),
-        "socket opened"
-    );
+    let max_frame = ctx.config.max_frame_bytes;
+    let stopped = ctx.stop.clone().cancelled_owned();
+    tokio::pin!(stopped);
+    tracing::debug!(node = %ctx.config.node, socket_id = slot.id(), "socket opened");
     let mut s = Session {
+        outbox: Arc::new(Outbox::new(ctx.config.outbound_queue)),
         ctx,
         vsn,
-        outbox,
         joined: Vec::new(),
         pongs: Vec::new(),
         last_seen: Instant::now(),
         end: None,
-        registration,
-        _slot: slot,
+        slot,
     };
-    let mut decoder = Decoder::default();
-    let mut pending = Pending::default();
-    {
-        let mut bytes = prelude;
-        if !bytes.is_empty() {
-            s.feed(&mut decoder, &mut bytes);
-        }
+    let mut conn = Connection::new(stream);
+    if !prelude.is_empty() {
+        let fed = conn.feed(&mut prelude, max_frame, &mut |m| s.on_message(m));
+        s.read_failed(fed.err());
     }
+    drop(prelude);
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
     loop {
         if s.end.is_none() {
-            if let Err(_e) = s.flush(&stream, &mut pending) {
+            if let Err(_e) = s.flush(&mut conn) {
                 s.end = Some(End::Gone);
             }
         }
@@ -123,18 +115,22 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Vec<u8>, vsn: Vsn, s
         tokio::select! {
             biased;
             _ = s.outbox.ready() => {}
-            ready = stream.readable() => match ready {
-                Ok(()) => s.read(&stream, &mut decoder),
-                Err(_) => s.end = Some(End::Gone),
-            },
-            ready = stream.writable(), if !pending.is_empty() => match ready {
+            ready = conn.readable() => match ready {
                 Ok(()) => {
-                    if pending.write_some(&stream).is_err() {
-                        s.end = Some(End::Gone);
+                    let read = conn.read(max_frame, &mut |m| s.on_message(m));
+                    match read {
+                        Ok(true) => s.last_seen = Instant::now(),
+                        Ok(false) => {}
+                        Err(e) => s.read_failed(Some(e)),
                     }
                 }
                 Err(_) => s.end = Some(End::Gone),
             },
+            ready = conn.writable(), if conn.has_pending() => {
+                if ready.is_err() || conn.write_pending().is_err() {
+                    s.end = Some(End::Gone);
+                }
+            }
             _ = &mut sleep => {
                 let deadline = s.last_seen + idle;
                 if Instant::now() >= deadline {
@@ -144,6 +140,7 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Vec<u8>, vsn: Vsn, s
                     sleep.as_mut().reset(deadline);
                 }
             }
+            _ = &mut stopped => s.close_for(CloseReason::Shutdown),
         }
     }
     let end = s.end.unwrap_or(End::Gone);
@@ -153,7 +150,7 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Vec<u8>, vsn: Vsn, s
         }
         tracing::debug!(
             node = %s.ctx.config.node,
-            socket_id = s.registration.id(),
+            socket_id = s.slot.id(),
             reason = end.describe(),
             memberships = s.joined.len(),
             "socket closed"
@@ -164,141 +161,23 @@ pub async fn run(ctx: Arc<Ctx>, stream: TcpStream, prelude: Vec<u8>, vsn: Vsn, s
     drop(s);
     // Boxed: its buffers and timers would otherwise be part of every
     // socket's future for the socket's whole life.
-    Box::pin(goodbye(stream, pending, end)).await;
-}
-
-/// Writes the close frame (after what is still pending), then waits briefly
-/// for the peer to close so the kernel does not reset the connection.
-async fn goodbye(stream: TcpStream, mut pending: Pending, end: End) {
-    let frame = match end {
-        End::Gone => return,
-        End::PeerClose(Some(code)) => (code, ""),
-        End::PeerClose(None) => (close::NORMAL, ""),
-        End::Close(code, why) => (code, why),
-    };
-    if frame.0 == close::POLICY {
-        // A slow consumer gets its close code next, not after the backlog.
-        pending.drop_whole_frames();
-    }
-    codec::write_close(&mut pending.bytes, frame.0, frame.1);
-    let deadline = Instant::now() + LINGER;
-    while !pending.is_empty() {
-        match tokio::time::timeout_at(deadline, stream.writable()).await {
-            Ok(Ok(())) => {
-                if pending.write_some(&stream).is_err() {
-                    return;
-                }
-            }
-            _ => return,
-        }
-    }
-    let mut stream = stream;
-    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-    let mut sink = [0u8; 512];
-    loop {
-        match tokio::time::timeout_at(
-            deadline,
-            tokio::io::AsyncReadExt::read(&mut stream, &mut sink),
-        )
-        .await
-        {
-            Ok(Ok(n)) if n > 0 => continue,
-            _ => return,
-        }
-    }
-}
-
-/// Bytes the kernel has not taken yet. `cut` is where the frame that was
-/// being written when the kernel filled up ends: everything after it is
-/// whole frames, which a slow consumer's close may drop without corrupting
-/// the stream.
-#[derive(Default)]
-struct Pending {
-    bytes: Vec<u8>,
-    cut: usize,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
-    /// Keeps `buf[at..]`, where `buf` holds whole server frames from 0.
-    fn keep(&mut self, buf: &[u8], at: usize) {
-        let mut end = 0;
-        while end < at {
-            end += frame_len(&buf[end..]);
-        }
-        self.bytes.extend_from_slice(&buf[at..]);
-        self.cut = end - at;
-    }
-
-    /// Drops the whole frames behind the partly written one.
-    fn drop_whole_frames(&mut self) {
-        self.bytes.truncate(self.cut);
-    }
-
-    /// Writes as much as the kernel takes now.
-    fn write_some(&mut self, stream: &TcpStream) -> io::Result<()> {
-        let mut at = 0;
-        let result = loop {
-            if at == self.bytes.len() {
-                break Ok(());
-            }
-            match stream.try_write(&self.bytes[at..]) {
-                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => at += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
-        self.bytes.drain(..at);
-        self.cut = self.cut.saturating_sub(at);
-        if self.bytes.is_empty() {
-            self.bytes = Vec::new();
-        }
-        result
-    }
-}
-
-/// Length of the server frame at the start of `buf` (header included).
-fn frame_len(buf: &[u8]) -> usize {
-    match buf.get(1).map(|b| b & 0x7F) {
-        Some(126) if buf.len() >= 4 => 4 + usize::from(u16::from_be_bytes([buf[2], buf[3]])),
-        Some(127) if buf.len() >= 10 => {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[2..10]);
-            10 + usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX / 2)
-        }
-        Some(n) if n < 126 => 2 + usize::from(n),
-        _ => buf.len().max(1),
-    }
+    Box::pin(conn.goodbye(end.goodbye())).await;
 }
 
 impl Session {
-    fn read(&mut self, stream: &TcpStream, decoder: &mut Decoder) {
-        let mut buf = [0u8; READ_CHUNK];
-        match stream.try_read(&mut buf) {
-            Ok(0) => self.end = Some(End::Gone),
-            Ok(n) => {
-                self.last_seen = Instant::now();
-                self.feed(decoder, &mut buf[..n]);
+    fn read_failed(&mut self, error: Option<ReadError>) {
+        match error {
+            None => {}
+            Some(ReadError::Gone) => self.end = Some(End::Gone),
+            Some(ReadError::Violation(v)) => {
+                let why = match v.code {
+                    close::TOO_BIG => FrameRejection::TooLarge,
+                    close::INVALID_DATA => FrameRejection::InvalidUtf8,
+                    _ => FrameRejection::Protocol,
+                };
+                self.ctx.metrics.frame_rejected(why);
+                self.end = Some(End::Close(v.code, v.reason));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => self.end = Some(End::Gone),
-        }
-    }
-
-    fn feed(&mut self, decoder: &mut Decoder, bytes: &mut [u8]) {
-        let max = self.ctx.config.max_frame_bytes;
-        if let Err(v) = decoder.feed(bytes, max, &mut |m| self.on_message(m)) {
-            let why = match v.code {
-                close::TOO_BIG => FrameRejection::TooLarge,
-                close::INVALID_DATA => FrameRejection::InvalidUtf8,
-                _ => FrameRejection::Protocol,
-            };
-            self.ctx.metrics.frame_rejected(why);
-            self.end = Some(End::Close(v.code, v.reason));
         }
     }
 
@@ -307,7 +186,7 @@ impl Session {
             WsMessage::Text(text) => self.inbound(protocol::decode_text(self.vsn, text)),
             WsMessage::Binary(data) => self.inbound(protocol::decode_binary(self.vsn, data)),
             WsMessage::Ping(data) => {
-                if self.pongs.len() < 16 {
+                if self.pongs.len() < MAX_PONGS {
                     self.pongs.push(Bytes::copy_from_slice(data));
                 }
             }
@@ -354,10 +233,7 @@ impl Session {
             }
         }
         if m.event == "phx_leave" {
-            let old = self.joined.swap_remove(i);
-            let old_ref = old.join_ref.clone();
-            drop(old);
-            self.log_left(&m.topic, "leave");
+            let old_ref = self.end_membership(i, "leave");
             self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
             self.push_close(&m.topic, &old_ref);
             return;
@@ -378,17 +254,16 @@ impl Session {
             }
             Handled::Later(work) => {
                 let (outbox, vsn) = (self.outbox.clone(), self.vsn);
-                tokio::spawn(async move {
+                self.ctx.tasks.spawn(async move {
                     let answer = work.await;
-                    let reply = protocol::encode_reply(
+                    outbox.push(protocol::encode_reply(
                         vsn,
                         m.join_ref.as_ref(),
                         &m.reference,
                         &m.topic,
                         answer.ok,
                         &answer.body,
-                    );
-                    outbox.push(reply);
+                    ));
                     if let Some(event) = answer.push {
                         outbox.push(protocol::encode(
                             vsn,
@@ -414,48 +289,43 @@ impl Session {
         };
         // A second join of the same topic ends the first membership first.
         if let Some(i) = self.position(&m.topic) {
-            let old = self.joined.swap_remove(i);
-            let old_ref = old.join_ref.clone();
-            drop(old);
-            self.log_left(&m.topic, "rejoin");
+            let old_ref = self.end_membership(i, "rejoin");
             self.push_close(&m.topic, &old_ref);
         }
         let tag = match channels::params(&m.payload).and_then(|p| channels::join(channel, &p)) {
             Ok(tag) => tag,
             Err(refusal) => {
                 ctx.metrics.join_rejected(refusal.metric);
-                self.reply(
-                    m.join_ref.as_ref(),
-                    &m.reference,
-                    &m.topic,
-                    false,
-                    &refusal.reason,
-                );
+                self.refuse(&m, &refusal.reason);
                 return;
             }
         };
         if self.joined.len() >= ctx.config.max_channels_per_socket {
             ctx.metrics.join_rejected(JoinRejection::TooManyChannels);
-            let body = reason("too many channels joined");
-            self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, false, &body);
+            self.refuse(&m, &reason("too many channels joined"));
             return;
         }
+        let member = Member {
+            outbox: self.outbox.clone(),
+            vsn: self.vsn,
+            tag,
+        };
+        let membership = match ctx.registry.join(&m.topic, self.slot.id(), member) {
+            Ok(membership) => membership,
+            Err(JoinError::TooManyTopics) => {
+                ctx.metrics.join_rejected(JoinRejection::TooManyTopics);
+                self.refuse(&m, &reason("too many topics"));
+                return;
+            }
+        };
         let join_ref = m.join_ref.clone().unwrap_or_else(|| m.reference.clone());
-        let membership = ctx.tally.join(&m.topic);
         tracing::debug!(
             node = %ctx.config.node,
-            socket_id = self.registration.id(),
+            socket_id = self.slot.id(),
             topic = %m.topic,
             "joined"
         );
         self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
-        let subscription = ctx.hub.subscribe(
-            membership.topic().clone(),
-            self.registration.id(),
-            self.outbox.clone(),
-            self.vsn,
-            tag,
-        );
         if let Some((event, payload)) = channels::after_join(&ctx, channel) {
             self.push(Some(&join_ref), &m.topic, event, &payload);
         }
@@ -466,8 +336,19 @@ impl Session {
             join_ref,
             channel,
             membership,
-            _subscription: subscription,
         });
+    }
+
+    fn refuse(&self, m: &Inbound, body: &str) {
+        self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, false, body);
+    }
+
+    /// Ends the membership at `i` (its drop counts it down); returns its
+    /// join_ref for the `phx_close` push.
+    fn end_membership(&mut self, i: usize, why: &'static str) -> JsonRef {
+        let old = self.joined.swap_remove(i);
+        self.log_left(old.membership.topic(), why);
+        old.join_ref
     }
 
     /// The debug line of a membership that ended; `reason` is `leave`,
@@ -475,7 +356,7 @@ impl Session {
     fn log_left(&self, topic: &str, reason: &'static str) {
         tracing::debug!(
             node = %self.ctx.config.node,
-            socket_id = self.registration.id(),
+            socket_id = self.slot.id(),
             topic = %topic,
             reason,
             "left"
@@ -521,8 +402,8 @@ impl Session {
     }
 
     /// Writes what the outbox holds, or notes a close it asks for.
-    fn flush(&mut self, stream: &TcpStream, pending: &mut Pending) -> io::Result<()> {
-        if !pending.is_empty() {
+    fn flush<S: Socket>(&mut self, conn: &mut Connection<S>) -> std::io::Result<()> {
+        if conn.has_pending() {
             // The kernel is still full: leave new frames queued (so a peer
             // that never reads fills its queue) but notice a close request.
             if let Some(reason) = self.outbox.close_requested() {
@@ -540,38 +421,8 @@ impl Session {
         if queue.is_empty() && self.pongs.is_empty() {
             return Ok(());
         }
-        self.ctx
-            .metrics
-            .queue_depth(queue.len(), &self.ctx.queue_high_water);
-        SCRATCH.with(|scratch| {
-            let mut buf = scratch.borrow_mut();
-            buf.clear();
-            for pong in self.pongs.drain(..) {
-                codec::write_frame(&mut buf, codec::OP_PONG, &pong);
-            }
-            for frame in &queue {
-                codec::write_frame(&mut buf, codec::OP_TEXT, frame);
-            }
-            let mut at = 0;
-            let result = loop {
-                if at == buf.len() {
-                    break Ok(());
-                }
-                match stream.try_write(&buf[at..]) {
-                    Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => at += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        pending.keep(&buf, at);
-                        break Ok(());
-                    }
-                    Err(e) => break Err(e),
-                }
-            };
-            if buf.capacity() > 1 << 20 {
-                *buf = Vec::new();
-            }
-            result
-        })?;
+        self.ctx.metrics.queue_depth(queue.len());
+        conn.send(&self.pongs, &queue)?;
         self.pongs = Vec::new();
         Ok(())
     }
@@ -584,31 +435,5 @@ impl Session {
             }
             CloseReason::Shutdown => End::Close(close::GOING_AWAY, "server shutting down"),
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pending_knows_where_the_partial_frame_ends() {
-        let mut buf = Vec::new();
-        codec::write_frame(&mut buf, codec::OP_TEXT, &[b'a'; 10]);
-        codec::write_frame(&mut buf, codec::OP_TEXT, &[b'b'; 300]);
-        codec::write_frame(&mut buf, codec::OP_TEXT, &[b'c'; 5]);
-        let first = 12;
-        let second = 4 + 300;
-        let mut p = Pending::default();
-        p.keep(&buf, first + 100);
-        assert_eq!(p.cut, second - 100);
-        p.drop_whole_frames();
-        assert_eq!(p.bytes.len(), second - 100);
-        let mut p = Pending::default();
-        p.keep(&buf, first);
-        assert_eq!(
-            p.cut, 0,
-            "a write that stopped on a boundary leaves no partial frame"
-        );
     }
 }

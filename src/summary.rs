@@ -1,50 +1,46 @@
 //! The node's totals as one info log line per period (a minute in a real
 //! node), so a log reader sees the figures without scraping metrics. One
-//! task per node, ended by the node's shutdown signal.
+//! task per node, ended when the node stops.
 
-use crate::context::Ctx;
+use crate::registry::Registry;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a serving node logs its totals.
 pub const PERIOD: Duration = Duration::from_secs(60);
 
-/// Logs the totals every `period` (the first after one period) until the
-/// node begins shutting down.
-pub async fn run(ctx: Arc<Ctx>, period: Duration) {
+/// Logs the totals every `period` (the first after one period), until the
+/// task is dropped.
+pub async fn run(registry: Arc<Registry>, node: String, period: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let shutdown = ctx.shutdown_signal();
-    tokio::pin!(shutdown);
-    let (mut joins_before, mut leaves_before) = ctx.tally.totals();
+    let mut before = registry.totals();
     loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tick.tick() => {}
-        }
-        let snap = ctx.tally.snapshot();
-        let (joins, leaves) = ctx.tally.totals();
+        tick.tick().await;
+        let now = registry.totals();
         tracing::info!(
-            node = %ctx.config.node,
-            sockets = snap.socket_count,
-            memberships = snap.connection_count,
-            stream = snap.stream_count,
-            topics = snap.topic_count,
-            joins = joins - joins_before,
-            leaves = leaves - leaves_before,
-            joins_total = joins,
-            leaves_total = leaves,
+            node = %node,
+            sockets = now.sockets,
+            memberships = now.memberships,
+            stream = registry.stream_count(),
+            topics = now.topics,
+            joins = now.joins - before.joins,
+            leaves = now.leaves - before.leaves,
+            joins_total = now.joins,
+            leaves_total = now.leaves,
             rss_bytes = crate::stats::rss_bytes(),
             "totals"
         );
-        (joins_before, leaves_before) = (joins, leaves);
+        before = now;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::outbox::Outbox;
+    use crate::protocol::Vsn;
+    use crate::registry::{Member, Tag};
     use std::io::Write;
     use std::sync::Mutex;
 
@@ -72,19 +68,25 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
 
-        let ctx = Ctx::new(
-            Config {
-                node: "t@h".into(),
-                ..Config::default()
-            },
-            10,
-        );
-        let _slot = ctx.tally.try_open_socket(10);
-        let _a = ctx.tally.join("patterns:stream");
-        let _b = ctx.tally.join("rooms:x");
+        let registry = Registry::new("t@h", 100);
+        let slot = registry.try_open_socket(10).unwrap();
+        let member = || Member {
+            outbox: Arc::new(Outbox::new(8)),
+            vsn: Vsn::V2,
+            tag: Tag::Plain,
+        };
+        let _a = registry
+            .join("patterns:stream", slot.id(), member())
+            .unwrap();
+        let _b = registry.join("rooms:x", slot.id(), member()).unwrap();
         let period = Duration::from_millis(100);
         let started = std::time::Instant::now();
-        let task = tokio::spawn(run(ctx.clone(), period));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(stop.clone().run_until_cancelled_owned(run(
+            registry.clone(),
+            "t@h".into(),
+            period,
+        )));
         let lines = || {
             captured
                 .0
@@ -98,7 +100,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(started.elapsed() >= 2 * period, "no line before a period");
-        ctx.begin_shutdown();
+        stop.cancel();
         tokio::time::timeout(Duration::from_secs(1), task)
             .await
             .expect("the task ends on shutdown")

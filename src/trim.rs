@@ -1,11 +1,12 @@
-//! Gives memory back to the operating system after many sockets close.
-//! glibc's allocator keeps freed memory in its arenas, so a node that held
-//! 18,000 sockets would keep that footprint for ever; after a large drop in
-//! open sockets this asks it to return what it can (`malloc_trim`).
-//! Other allocators (the `jemalloc` / `mimalloc` features) purge by
-//! themselves, and there this is a no-op.
+//! Gives memory back to the operating system after many sockets close, for
+//! builds on glibc's allocator (`--no-default-features`): it keeps freed
+//! memory in its arenas, so a node that held 18,000 sockets would keep that
+//! footprint for ever; after a large drop in open sockets this asks it to
+//! return what it can (`malloc_trim`). The default allocator, jemalloc,
+//! purges from its own background thread (main.rs), and mimalloc is only a
+//! comparison build: for both this task does nothing.
 
-use crate::context::Ctx;
+use crate::registry::Registry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,24 +15,19 @@ const EVERY: Duration = Duration::from_secs(2);
 /// A drop of at least this many sockets since the last trim triggers one.
 const DROP: u64 = 1000;
 
-pub async fn run(ctx: Arc<Ctx>) {
+/// Watches the socket count until the task is dropped.
+pub async fn run(registry: Arc<Registry>) {
     let mut peak = 0;
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let shutdown = ctx.shutdown_signal();
-    tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tick.tick() => {}
-        }
-        // The tally remembers the high-water mark between ticks, so a burst
-        // that opens and closes within one tick is still seen.
-        let (seen, now) = ctx.tally.take_socket_peak();
+        tick.tick().await;
+        // The registry remembers the high-water mark between ticks, so a
+        // burst that opens and closes within one tick is still seen.
+        let (seen, now) = registry.take_socket_peak();
         peak = peak.max(seen);
         if peak - now >= DROP {
             peak = now;
-            ctx.shrink_registry();
             // Trimming walks the heap: keep it off the I/O threads.
             let _ = tokio::task::spawn_blocking(release).await;
         }

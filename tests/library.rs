@@ -19,7 +19,7 @@ async fn bus_publish_reaches_subscribers_of_an_embedded_server() {
     .await
     .expect("bind");
     let addr = server.local_addr();
-    let ctx = server.context();
+    let bus = server.bus();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -36,9 +36,9 @@ async fn bus_publish_reaches_subscribers_of_an_embedded_server() {
         json!({"pattern_type": "lib", "confidence": 0.5}),
     )
     .expect("valid event");
-    assert_eq!(ctx.bus.publish(event), 2, "one delivery per subscriber");
+    assert_eq!(bus.publish(event), 2, "one delivery per subscriber");
     let flow = Event::new("vsm_pattern_flow", json!({"subsystem": "S4"})).unwrap();
-    assert_eq!(ctx.bus.publish(flow), 1);
+    assert_eq!(bus.publish(flow), 1);
     assert!(Event::new("vsm_pattern_flow", json!({})).is_err());
     assert!(Event::new("no_such_type", json!({})).is_err());
 

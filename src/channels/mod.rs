@@ -1,6 +1,6 @@
 //! The channel router: which channel a topic belongs to, what its join
 //! params mean, and how it answers each event. Channels are plain functions
-//! over the shared context; the session owns the memberships.
+//! over the serving side's context; the session owns the memberships.
 
 mod generic;
 pub mod stats;
@@ -8,17 +8,16 @@ mod stream;
 mod vsm;
 
 use crate::context::Ctx;
-use crate::hub::Tag;
 use crate::metrics::JoinRejection;
 use crate::protocol::{reason, Payload};
+use crate::registry::Tag;
+use crate::stats::to_json;
+use crate::topics::{STATS, STREAM, VSM};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-
-pub const STATS: &str = "patterns:stats";
-pub const STREAM: &str = "patterns:stream";
-pub const VSM: &str = "patterns:vsm";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Channel {
@@ -34,7 +33,7 @@ pub fn route(ctx: &Ctx, topic: &str) -> Option<Channel> {
         STATS => Some(Channel::Stats),
         STREAM => Some(Channel::Stream),
         VSM => Some(Channel::Vsm),
-        _ if ctx.topic_allowed(topic) => Some(Channel::Generic),
+        _ if ctx.allowed_topics.matches(topic) => Some(Channel::Generic),
         _ => None,
     }
 }
@@ -106,15 +105,8 @@ pub fn handle(
     payload: &Payload,
 ) -> Handled {
     match event {
-        "get_connection_stats" => {
-            return Handled::Now(Answer::ok(crate::stats::local_stats(&ctx.tally)))
-        }
-        "get_monitoring" => {
-            return Handled::Now(Answer::ok(crate::stats::monitoring(
-                &ctx.tally,
-                ctx.started,
-            )))
-        }
+        "get_connection_stats" => return Handled::Now(Answer::ok(ctx.reporter.local())),
+        "get_monitoring" => return Handled::Now(Answer::ok(ctx.reporter.monitoring())),
         _ => {}
     }
     let handled = match channel {
@@ -123,11 +115,17 @@ pub fn handle(
         Channel::Stream | Channel::Vsm => None,
     };
     handled.unwrap_or_else(|| {
-        Handled::Now(Answer::error(format!(
-            "{{\"reason\":\"unknown event\",\"event\":{}}}",
-            crate::protocol::json_string(event)
-        )))
+        Handled::Now(Answer::error(to_json(&UnknownEvent {
+            reason: "unknown event",
+            event,
+        })))
     })
+}
+
+#[derive(Serialize)]
+struct UnknownEvent<'a> {
+    reason: &'static str,
+    event: &'a str,
 }
 
 /// Join params as an object (anything else counts as no params).
@@ -138,7 +136,7 @@ pub fn params(payload: &Payload) -> Result<Map<String, Value>, Refusal> {
             Ok(_) => Ok(Map::new()),
             Err(_) => Err(bad_payload()),
         },
-        Payload::Binary(_) => Err(bad_payload()),
+        Payload::Binary => Err(bad_payload()),
     }
 }
 

@@ -1,12 +1,15 @@
 //! `patterns:stats`: statistics queries, and the two per-node timers that
-//! feed every subscriber at once: `stats_update` every `--stats-interval-ms`
+//! feed every member at once: `stats_update` every `--stats-interval-ms`
 //! and, for members that joined with `changes: true`, `stats_changed`
 //! coalesced to at most one per 100 ms. Each is encoded once and fanned out.
 
-use super::{Answer, Handled, STATS};
+use super::{Answer, Handled};
 use crate::context::Ctx;
-use crate::hub::{Select, Tag};
-use crate::stats;
+use crate::registry::{Select, Tag};
+use crate::stats::{raw, timestamp, to_json};
+use crate::topics::STATS;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,24 +22,29 @@ pub fn join(params: &Map<String, Value>) -> Tag {
     }
 }
 
+#[derive(Serialize)]
+struct StatsUpdate<'a> {
+    connections: &'a RawValue,
+    timestamp: String,
+}
+
 pub fn update_payload(ctx: &Ctx) -> String {
-    format!(
-        "{{\"connections\":{},\"timestamp\":\"{}\"}}",
-        stats::local_stats(&ctx.tally),
-        stats::timestamp()
-    )
+    let local = raw(ctx.reporter.local());
+    to_json(&StatsUpdate {
+        connections: &local,
+        timestamp: timestamp(),
+    })
 }
 
 pub fn handle(ctx: &Arc<Ctx>, event: &str) -> Option<Handled> {
     match event {
         "get_local_stats" => Some(Handled::Now(Answer {
             ok: true,
-            body: stats::local_stats(&ctx.tally),
+            body: ctx.reporter.local(),
             push: Some("local_stats"),
         })),
         "get_cluster_stats" => {
-            let cluster = ctx.cluster();
-            if let Some(body) = cluster.stats_now(ctx) {
+            if let Some(body) = ctx.cluster.stats_now() {
                 return Some(Handled::Now(Answer {
                     ok: true,
                     body,
@@ -47,7 +55,7 @@ pub fn handle(ctx: &Arc<Ctx>, event: &str) -> Option<Handled> {
             Some(Handled::Later(Box::pin(async move {
                 Answer {
                     ok: true,
-                    body: ctx.cluster().stats(&ctx).await,
+                    body: ctx.cluster.stats().await,
                     push: Some("cluster_stats"),
                 }
             })))
@@ -61,43 +69,29 @@ pub async fn run_updates(ctx: Arc<Ctx>) {
     let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.stats_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let shutdown = ctx.shutdown_signal();
-    tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tick.tick() => {
-                if ctx.hub.subscriber_count(STATS) > 0 {
-                    ctx.hub.publish(STATS, "stats_update", &update_payload(&ctx), Select::All);
-                }
-            }
+        tick.tick().await;
+        if ctx.registry.has_members(STATS, Select::All) {
+            let payload = update_payload(&ctx);
+            ctx.registry
+                .publish(STATS, "stats_update", &payload, Select::All);
         }
     }
 }
 
 /// `stats_changed` after any count changes, at most once per 100 ms.
 pub async fn run_changes(ctx: Arc<Ctx>) {
-    let mut changes = ctx.tally.watch();
-    let shutdown = ctx.shutdown_signal();
-    tokio::pin!(shutdown);
+    let mut changes = ctx.registry.watch();
     loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
+        if changes.changed().await.is_err() {
+            return;
         }
         changes.borrow_and_update();
-        if ctx.hub.subscriber_count(STATS) > 0 {
-            let payload = stats::local_stats(&ctx.tally);
-            ctx.hub
+        if ctx.registry.has_members(STATS, Select::Changes) {
+            let payload = ctx.reporter.local();
+            ctx.registry
                 .publish(STATS, "stats_changed", &payload, Select::Changes);
         }
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tokio::time::sleep(CHANGES_EVERY) => {}
-        }
+        tokio::time::sleep(CHANGES_EVERY).await;
     }
 }

@@ -2,13 +2,23 @@
 //! routes pattern events here.
 
 use crate::context::Ctx;
-use crate::stats;
+use crate::stats::{raw, timestamp, to_json};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+#[derive(Serialize)]
+struct InitialStats<'a> {
+    stats: &'a RawValue,
+    monitoring: &'a RawValue,
+    timestamp: String,
+}
 
 pub fn initial_stats(ctx: &Ctx) -> String {
-    format!(
-        "{{\"stats\":{},\"monitoring\":{},\"timestamp\":\"{}\"}}",
-        stats::local_stats(&ctx.tally),
-        stats::monitoring(&ctx.tally, ctx.started),
-        stats::timestamp()
-    )
+    let stats = raw(ctx.reporter.local());
+    let monitoring = raw(ctx.reporter.monitoring());
+    to_json(&InitialStats {
+        stats: &stats,
+        monitoring: &monitoring,
+        timestamp: timestamp(),
+    })
 }

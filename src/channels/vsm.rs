@@ -1,11 +1,11 @@
 //! `patterns:vsm`: Viable System Model subsystems. A member picks one
-//! subsystem (or all) when it joins; the hub filters `vsm_pattern_flow` by it.
+//! subsystem (or all) when it joins; the registry filters `vsm_pattern_flow` by it.
 
 use super::Refusal;
 use crate::bus::subsystem_number;
-use crate::hub::Tag;
 use crate::metrics::JoinRejection;
 use crate::protocol::reason;
+use crate::registry::Tag;
 use serde_json::{Map, Value};
 
 pub fn join(params: &Map<String, Value>) -> Result<Tag, Refusal> {

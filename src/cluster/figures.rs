@@ -1,4 +1,4 @@
-//! Keeps this node's own figures in Redis: absolute values from the tally,
+//! Keeps this node's own figures in Redis: absolute values from the registry,
 //! written at most 100 ms after a change (so churn costs Redis at most ten
 //! writes a second per node) and refreshed every min(ttl/3, 1 s) so the TTL
 //! never lapses while the node lives. A write sends only what changed since
@@ -6,10 +6,9 @@
 //! out to have lost the figures, the next write sends everything.
 
 use super::keys;
-use super::redis::{describe, RedisCluster, WRITE_TIMEOUT};
+use super::redis::{describe, RedisBackend, WRITE_TIMEOUT};
 use super::view::Census;
-use crate::context::Ctx;
-use crate::tally::STREAM_TOPIC;
+use crate::topics::STREAM;
 use ::redis::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,13 +53,11 @@ pub fn refresh_period(ttl_ms: u64) -> Duration {
     Duration::from_millis((ttl_ms / 3).clamp(10, 1000))
 }
 
-/// Runs until shutdown: writes after changes and refreshes on a timer.
-pub async fn run(ctx: Arc<Ctx>, redis: &RedisCluster) {
-    let mut changes = ctx.tally.watch();
+/// Writes after changes and refreshes on a timer, until the task is dropped.
+pub async fn run(redis: Arc<RedisBackend>) {
+    let mut changes = redis.registry.watch();
     changes.borrow_and_update();
     let refresh = refresh_period(redis.ttl_ms);
-    let shutdown = ctx.shutdown_signal();
-    tokio::pin!(shutdown);
     let mut last = Instant::now()
         .checked_sub(refresh)
         .unwrap_or_else(Instant::now);
@@ -74,7 +71,6 @@ pub async fn run(ctx: Arc<Ctx>, redis: &RedisCluster) {
             refresh
         };
         tokio::select! {
-            _ = &mut shutdown => return,
             _ = redis.health.went_down.notified() => dirty = true,
             changed = changes.changed(), if !dirty => {
                 if changed.is_err() {
@@ -85,10 +81,7 @@ pub async fn run(ctx: Arc<Ctx>, redis: &RedisCluster) {
             _ = tokio::time::sleep_until(last + wait) => {
                 changes.borrow_and_update();
                 last = Instant::now();
-                let flushed = tokio::select! {
-                    _ = &mut shutdown => return,
-                    ok = flush(&ctx, redis) => ok,
-                };
+                let flushed = flush(&redis).await;
                 // A change that landed during the write is caught by
                 // `changed()` on the next turn.
                 dirty = !flushed;
@@ -98,13 +91,13 @@ pub async fn run(ctx: Arc<Ctx>, redis: &RedisCluster) {
 }
 
 /// One write of this node's figures; true when Redis has them.
-pub async fn flush(ctx: &Ctx, redis: &RedisCluster) -> bool {
+pub async fn flush(redis: &RedisBackend) -> bool {
     let mut written = redis.written.lock().await;
     if written.left {
         return true;
     }
-    let topics = ctx.tally.topic_counts();
-    let sockets = ctx.tally.sockets();
+    let topics = redis.registry.listing().topics.clone();
+    let sockets = redis.registry.sockets();
     let full = !written.synced;
     // Counting live nodes costs Redis one lookup per node: once a second
     // is enough for the metrics.
@@ -142,7 +135,7 @@ pub async fn flush(ctx: &Ctx, redis: &RedisCluster) -> bool {
 
 /// Sends one write, and a census of the live nodes when `count`.
 async fn write(
-    redis: &RedisCluster,
+    redis: &RedisBackend,
     written: &Written,
     topics: &[(Arc<str>, u64)],
     sockets: u64,
@@ -152,7 +145,7 @@ async fn write(
     let connections: u64 = topics.iter().map(|(_, n)| n).sum();
     let stream = topics
         .iter()
-        .find(|(t, _)| &**t == STREAM_TOPIC)
+        .find(|(t, _)| &**t == STREAM)
         .map_or(0, |(_, n)| *n);
     let mut eval = ::redis::cmd("EVAL");
     eval.arg(keys::WRITE)

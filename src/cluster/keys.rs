@@ -15,6 +15,12 @@
 //! The per-node keys share the hash tag `{N}`, so a node's write touches one
 //! slot and stays atomic on Redis Cluster too.
 
+use redis::Script;
+use std::sync::LazyLock;
+
+/// The read script, sent as EVALSHA (and loaded again on NOSCRIPT).
+pub static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ));
+
 /// Names derived from `--redis-prefix` and `--node`.
 #[derive(Clone, Debug)]
 pub struct Keys {

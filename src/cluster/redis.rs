@@ -10,16 +10,20 @@
 
 use super::keys::{self, Keys};
 use super::view::{self, Census, ClusterRead};
-use crate::config::Config;
-use crate::context::Ctx;
+use super::Parts;
+use crate::bus::{Bus, RelayReceiver};
 use crate::metrics::Metrics;
-use crate::stats;
+use crate::registry::Registry;
+use crate::stats::Reporter;
+use crate::throttle::Throttle;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Longest a stats query waits on Redis before answering degraded.
 pub const QUERY_TIMEOUT: Duration = Duration::from_millis(500);
@@ -106,7 +110,15 @@ pub fn describe(e: &::redis::RedisError) -> String {
 
 type ReadOutcome = Result<Arc<ClusterRead>, String>;
 
-pub struct RedisCluster {
+/// The settings the Redis backend needs.
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub node: String,
+    pub ttl_ms: u64,
+}
+
+pub struct RedisBackend {
     pub(super) node: String,
     pub(super) keys: Keys,
     pub(super) ttl_ms: u64,
@@ -121,9 +133,12 @@ pub struct RedisCluster {
     pub(super) written: tokio::sync::Mutex<super::figures::Written>,
     /// The read in flight, shared by every query that arrives meanwhile.
     reads: Mutex<Option<watch::Receiver<Option<ReadOutcome>>>>,
-    pub(super) pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
-    pub(super) outgoing: Mutex<Option<mpsc::Receiver<String>>>,
-    pub(super) complaints: super::Throttle,
+    pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
+    relay: Mutex<Option<RelayReceiver>>,
+    pub(super) complaints: Throttle,
+    pub(super) registry: Arc<Registry>,
+    pub(super) reporter: Arc<Reporter>,
+    pub(super) bus: Arc<Bus>,
 }
 
 fn manager_config() -> ConnectionManagerConfig {
@@ -136,20 +151,21 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_response_timeout(Some(Duration::from_secs(2)))
 }
 
-impl RedisCluster {
+impl RedisBackend {
     /// Sets up the connections without waiting for Redis: a node starts and
     /// serves its sockets even while Redis is down.
-    pub fn new(
-        config: &Config,
-        metrics: Arc<Metrics>,
-    ) -> Result<(RedisCluster, super::relay::RedisRelay), RedisSetupError> {
-        let url = config.redis.as_deref().unwrap_or_default();
-        let info = url.into_connection_info().map_err(RedisSetupError::Url)?;
-        let settings = info
+    pub fn new(settings: RedisSettings, parts: Parts) -> Result<RedisBackend, RedisSetupError> {
+        let metrics = parts.metrics;
+        let info = settings
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(RedisSetupError::Url)?;
+        let resp3 = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(settings);
+        let info = info.set_redis_settings(resp3);
         let client = ::redis::Client::open(info).map_err(RedisSetupError::Url)?;
         let health = Arc::new(Health::new(metrics.clone()));
         // The command connection hears of a lost connection at once (RESP3),
@@ -174,37 +190,59 @@ impl RedisCluster {
                 .set_automatic_resubscription(),
         )
         .map_err(RedisSetupError::Connection)?;
-        let origin: Arc<str> = super::relay::origin_id(&config.node).into();
-        let (relay, outgoing) = super::relay::RedisRelay::new(origin.clone(), metrics.clone());
-        let cluster = RedisCluster {
-            node: config.node.clone(),
-            keys: Keys::new(&config.redis_prefix, &config.node),
-            ttl_ms: config.node_ttl_ms,
+        Ok(RedisBackend {
+            origin: super::relay::origin_id(&settings.node).into(),
+            keys: Keys::new(&settings.prefix, &settings.node),
+            node: settings.node,
+            ttl_ms: settings.ttl_ms,
             conn,
             sub,
-            origin,
             health,
             metrics,
             written: tokio::sync::Mutex::new(super::figures::Written::default()),
             reads: Mutex::new(None),
             pushes: Mutex::new(Some(push_rx)),
-            outgoing: Mutex::new(Some(outgoing)),
-            complaints: super::Throttle::new(),
+            relay: Mutex::new(Some(parts.relay)),
+            complaints: Throttle::new(),
+            registry: parts.registry,
+            reporter: parts.reporter,
+            bus: parts.bus,
+        })
+    }
+
+    /// Starts the writer of this node's figures and the two halves of the
+    /// relay, each ending when `stop` is cancelled.
+    pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker, stop: &CancellationToken) {
+        let relay = self.relay.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let pushes = self.pushes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (Some(relay), Some(pushes)) = (relay, pushes) else {
+            return;
         };
-        Ok((cluster, relay))
+        tasks.spawn(
+            stop.clone()
+                .run_until_cancelled_owned(super::figures::run(self.clone())),
+        );
+        tasks.spawn(
+            stop.clone()
+                .run_until_cancelled_owned(super::relay::publish(self.clone(), relay)),
+        );
+        tasks.spawn(
+            stop.clone()
+                .run_until_cancelled_owned(super::relay::subscribe(self.clone(), pushes)),
+        );
     }
 
     /// The degraded answer when Redis is known to be down, else `None`.
-    pub fn stats_now(&self, ctx: &Ctx) -> Option<String> {
+    pub fn stats_now(&self) -> Option<String> {
         self.health
             .is_down()
-            .then(|| stats::local_cluster_json(&ctx.tally, Some(&self.health.error())))
+            .then(|| self.reporter.alone(Some(&self.health.error())))
     }
 
     /// ClusterStats: every live node from Redis in one round trip, or this
     /// node's figures marked degraded when Redis fails or takes > 500 ms.
-    pub async fn stats(&self, ctx: &Ctx) -> String {
-        if let Some(degraded) = self.stats_now(ctx) {
+    pub async fn stats(&self) -> String {
+        if let Some(degraded) = self.stats_now() {
             return degraded;
         }
         let outcome = match tokio::time::timeout(QUERY_TIMEOUT, self.read()).await {
@@ -217,11 +255,11 @@ impl RedisCluster {
         };
         match outcome {
             Ok(read) => {
-                let (json, census) = view::cluster_json(&ctx.tally, &read);
+                let (json, census) = view::cluster_json(&self.reporter, &read);
                 self.record_census(census);
                 json
             }
-            Err(why) => stats::local_cluster_json(&ctx.tally, Some(&why)),
+            Err(why) => self.reporter.alone(Some(&why)),
         }
     }
 
@@ -274,13 +312,11 @@ impl RedisCluster {
         }
         let _release = Release(&self.reads);
         let mut conn = self.conn.clone();
-        let reply = ::redis::cmd("EVAL")
-            .arg(keys::READ)
-            .arg(1)
-            .arg(&self.keys.registry)
+        let reply = keys::READ_SCRIPT
+            .key(&self.keys.registry)
             .arg(&self.keys.prefix)
             .arg("full")
-            .query_async::<Value>(&mut conn)
+            .invoke_async::<Value>(&mut conn)
             .await;
         let outcome = match reply {
             Ok(v) => ClusterRead::parse(&v)

@@ -3,9 +3,8 @@
 //! its own live figures in place of what Redis holds for it, so its entry is
 //! exact even while its last write is on the way.
 
-use crate::tally::{Tally, STREAM_TOPIC};
+use crate::stats::{self, ClusterStats, NodeEntry, Reporter};
 use ::redis::Value;
-use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// One node's figures as Redis holds them.
@@ -119,35 +118,11 @@ impl Census {
     }
 }
 
-#[derive(Serialize)]
-struct NodeEntry {
-    connection_count: u64,
-    stream_count: u64,
-    socket_count: u64,
-    age_ms: u64,
-}
-
-#[derive(Serialize)]
-struct ClusterStats<'a> {
-    connection_count: u64,
-    stream_count: u64,
-    socket_count: u64,
-    connections_by_topic: BTreeMap<&'a str, BTreeMap<&'a str, u64>>,
-    nodes: BTreeMap<&'a str, NodeEntry>,
-    total_connections: u64,
-    cluster_size: usize,
-    source: &'static str,
-    degraded: bool,
-    node: &'a str,
-    timestamp: String,
-}
-
 /// ClusterStats from a read, with this node's own figures taken live from
 /// its tally. Also returns the census of the answer (for the metrics).
-pub fn cluster_json(tally: &Tally, read: &ClusterRead) -> (String, Census) {
-    let me = tally.node();
-    let local_topics = tally.topic_counts();
-    let sockets = tally.sockets();
+pub fn cluster_json(reporter: &Reporter, read: &ClusterRead) -> (String, Census) {
+    let me = reporter.node();
+    let local = reporter.figures();
     let mut by_topic: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
     let mut nodes = BTreeMap::new();
     let (mut c, mut s, mut k) = (0, 0, 0);
@@ -174,18 +149,14 @@ pub fn cluster_json(tally: &Tally, read: &ClusterRead) -> (String, Census) {
             },
         );
     }
-    let mut mine = NodeEntry {
-        connection_count: 0,
-        stream_count: 0,
-        socket_count: sockets,
+    let mine = NodeEntry {
+        connection_count: local.connection_count,
+        stream_count: local.stream_count,
+        socket_count: local.socket_count,
         age_ms: 0,
     };
-    for (topic, count) in &local_topics {
+    for (topic, count) in &local.listing.topics {
         by_topic.entry(topic).or_default().insert(me, *count);
-        mine.connection_count += count;
-        if &**topic == STREAM_TOPIC {
-            mine.stream_count = *count;
-        }
     }
     c += mine.connection_count;
     s += mine.stream_count;
@@ -195,21 +166,22 @@ pub fn cluster_json(tally: &Tally, read: &ClusterRead) -> (String, Census) {
         live: nodes.len() as u64,
         oldest_age_ms: oldest,
     };
-    let stats = ClusterStats {
+    let by_topic = stats::raw(stats::to_json(&by_topic));
+    let answer = ClusterStats {
         connection_count: c,
         stream_count: s,
         socket_count: k,
-        connections_by_topic: by_topic,
+        connections_by_topic: &by_topic,
         cluster_size: nodes.len(),
         nodes,
         total_connections: c,
         source: "cluster",
         degraded: false,
+        error: None,
         node: me,
-        timestamp: crate::stats::timestamp(),
+        timestamp: stats::timestamp(),
     };
-    let json = serde_json::to_string(&stats).unwrap_or_else(|_| "{}".into());
-    (json, census)
+    (stats::to_json(&answer), census)
 }
 
 #[cfg(test)]
@@ -222,10 +194,18 @@ mod tests {
 
     #[test]
     fn merges_other_nodes_with_live_local_figures() {
-        let tally = Tally::new("a");
-        let _slot = tally.try_open_socket(10).unwrap();
-        let _m1 = tally.join("patterns:stream");
-        let _m2 = tally.join("rooms:x");
+        let registry = crate::registry::Registry::new("a", 100);
+        let reporter = Reporter::new(registry.clone());
+        let slot = registry.try_open_socket(10).unwrap();
+        let member = || crate::registry::Member {
+            outbox: std::sync::Arc::new(crate::outbox::Outbox::new(8)),
+            vsn: crate::protocol::Vsn::V2,
+            tag: crate::registry::Tag::Plain,
+        };
+        let _m1 = registry
+            .join("patterns:stream", slot.id(), member())
+            .unwrap();
+        let _m2 = registry.join("rooms:x", slot.id(), member()).unwrap();
         let reply = Value::Array(vec![
             Value::Int(10_000),
             Value::Array(vec![
@@ -252,7 +232,7 @@ mod tests {
             ]),
         ]);
         let read = ClusterRead::parse(&reply).unwrap();
-        let (json, census) = cluster_json(&tally, &read);
+        let (json, census) = cluster_json(&reporter, &read);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["connection_count"], 5);
         assert_eq!(v["total_connections"], 5);

@@ -6,8 +6,8 @@ mod v1;
 mod v2;
 
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::value::RawValue;
-use std::fmt::Write as _;
 
 /// Which serializer a socket speaks, chosen by the `vsn` connect parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,10 +34,6 @@ impl Vsn {
 pub struct JsonRef(Box<str>);
 
 impl JsonRef {
-    pub fn null() -> JsonRef {
-        JsonRef("null".into())
-    }
-
     /// Accepts the raw JSON of a string, a number or null; refuses the rest.
     pub fn from_raw(raw: &RawValue) -> Option<JsonRef> {
         let text = raw.get();
@@ -62,18 +58,19 @@ impl JsonRef {
     }
 }
 
-/// What a client pushed: JSON (passed through untouched) or binary bytes.
+/// What a client pushed: JSON (passed through untouched), or binary bytes,
+/// which no channel takes (each answers such a push with an error).
 #[derive(Debug)]
 pub enum Payload {
     Json(Box<RawValue>),
-    Binary(Bytes),
+    Binary,
 }
 
 impl Payload {
     pub fn json(&self) -> Option<&RawValue> {
         match self {
             Payload::Json(raw) => Some(raw),
-            Payload::Binary(_) => None,
+            Payload::Binary => None,
         }
     }
 }
@@ -130,31 +127,31 @@ pub fn encode(
     event: &str,
     payload: &str,
 ) -> Bytes {
-    let mut out = String::with_capacity(payload.len() + topic.len() + event.len() + 48);
+    let mut out = Vec::with_capacity(payload.len() + topic.len() + event.len() + 48);
     match vsn {
         Vsn::V1 => {
-            out.push_str("{\"topic\":");
+            out.extend_from_slice(b"{\"topic\":");
             push_json_string(&mut out, topic);
-            out.push_str(",\"event\":");
+            out.extend_from_slice(b",\"event\":");
             push_json_string(&mut out, event);
-            out.push_str(",\"payload\":");
-            out.push_str(payload);
-            out.push_str(",\"ref\":");
-            out.push_str(reference.map_or("null", JsonRef::as_json));
-            out.push('}');
+            out.extend_from_slice(b",\"payload\":");
+            out.extend_from_slice(payload.as_bytes());
+            out.extend_from_slice(b",\"ref\":");
+            out.extend_from_slice(reference.map_or("null", JsonRef::as_json).as_bytes());
+            out.push(b'}');
         }
         Vsn::V2 => {
-            out.push('[');
-            out.push_str(join_ref.map_or("null", JsonRef::as_json));
-            out.push(',');
-            out.push_str(reference.map_or("null", JsonRef::as_json));
-            out.push(',');
+            out.push(b'[');
+            out.extend_from_slice(join_ref.map_or("null", JsonRef::as_json).as_bytes());
+            out.push(b',');
+            out.extend_from_slice(reference.map_or("null", JsonRef::as_json).as_bytes());
+            out.push(b',');
             push_json_string(&mut out, topic);
-            out.push(',');
+            out.push(b',');
             push_json_string(&mut out, event);
-            out.push(',');
-            out.push_str(payload);
-            out.push(']');
+            out.push(b',');
+            out.extend_from_slice(payload.as_bytes());
+            out.push(b']');
         }
     }
     Bytes::from(out)
@@ -169,33 +166,36 @@ pub fn encode_reply(
     ok: bool,
     response: &str,
 ) -> Bytes {
-    let status = if ok { "ok" } else { "error" };
     let mut payload = String::with_capacity(response.len() + 32);
-    let _ = write!(
-        payload,
-        "{{\"status\":\"{status}\",\"response\":{response}}}"
-    );
+    payload.push_str(if ok {
+        "{\"status\":\"ok\",\"response\":"
+    } else {
+        "{\"status\":\"error\",\"response\":"
+    });
+    payload.push_str(response);
+    payload.push('}');
     encode(vsn, join_ref, Some(reference), topic, "phx_reply", &payload)
 }
 
 /// The JSON text of a string.
 pub fn json_string(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    push_json_string(&mut out, value);
-    out
+    serde_json::to_string(value).unwrap_or_else(|_| "\"\"".into())
 }
 
-fn push_json_string(out: &mut String, value: &str) {
-    // serde_json's escaping, written straight into our buffer.
-    match serde_json::to_string(value) {
-        Ok(s) => out.push_str(&s),
-        Err(_) => out.push_str("\"\""),
-    }
+fn push_json_string(out: &mut Vec<u8>, value: &str) {
+    // serde_json's escaping, written straight into the frame; writing into
+    // a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+#[derive(Serialize)]
+struct Reason<'a> {
+    reason: &'a str,
 }
 
 /// The reply body of an error: `{"reason": reason}`.
 pub fn reason(reason: &str) -> String {
-    format!("{{\"reason\":{}}}", json_string(reason))
+    serde_json::to_string(&Reason { reason }).unwrap_or_else(|_| "{}".into())
 }
 
 #[cfg(test)]
@@ -219,6 +219,16 @@ mod tests {
         assert_eq!(
             &out[..],
             br#"{"topic":"patterns:stats","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":2}"#
+        );
+    }
+
+    #[test]
+    fn error_reply_carries_the_reason() {
+        let r = JsonRef::from_str_value("1");
+        let out = encode_reply(Vsn::V2, None, &r, "t", false, &reason("a \"b\""));
+        assert_eq!(
+            &out[..],
+            br#"[null,"1","t","phx_reply",{"status":"error","response":{"reason":"a \"b\""}}]"#
         );
     }
 

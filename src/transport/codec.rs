@@ -130,6 +130,7 @@ pub struct Decoder {
 
 impl Decoder {
     /// Bytes held for an incomplete frame or message (0 when idle).
+    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.pending.capacity() + self.fragments.as_ref().map_or(0, |f| f.1.capacity())
     }

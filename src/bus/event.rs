@@ -1,56 +1,10 @@
-//! The event bus: typed pattern events from producers are validated, shaped
-//! into the pushes of SPEC §5, routed to the topics that take them and handed
-//! to the hub, which fans each out to every subscriber exactly once.
-//!
-//! The seam for clustering is `Relay`: `publish` delivers locally and then
-//! hands the same shaped deliveries to the relay; a relay that receives
-//! deliveries from another node calls `deliver_local`, which never relays
-//! again, so a message is never echoed back.
-//!
-//! ```
-//! use headcount::bus::Event;
-//! use serde_json::json;
-//!
-//! let event = Event::new("pattern_detected", json!({"pattern_type": "spike", "confidence": 0.9}))
-//!     .expect("a valid event");
-//! // With a running server: `server.bus().publish(event);`
-//! # let _ = event;
-//! ```
+//! Producer events (SPEC §5): each `{"type", "data"}` is validated field by
+//! field and shaped into the pushes it becomes — which topic, which push
+//! event, exactly which payload fields with which defaults.
 
-use crate::hub::{Hub, Select};
-use crate::metrics::Metrics;
-use serde::{Deserialize, Serialize};
+use super::Delivery;
+use crate::topics::{STREAM, VSM};
 use serde_json::{Map, Value};
-use std::sync::{Arc, OnceLock};
-
-pub const STREAM: &str = "patterns:stream";
-pub const VSM: &str = "patterns:vsm";
-
-/// A push ready for subscribers: where it goes, its event name and payload.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Delivery {
-    pub topic: String,
-    pub event: String,
-    /// JSON text of the payload.
-    pub payload: String,
-    /// 1..=5 restricts a `patterns:vsm` push to that subsystem (and `all`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subsystem: Option<u8>,
-}
-
-impl Delivery {
-    fn select(&self) -> Select {
-        match self.subsystem {
-            Some(n) => Select::Subsystem(n),
-            None => Select::All,
-        }
-    }
-}
-
-/// Carries deliveries to the other nodes of a cluster.
-pub trait Relay: Send + Sync {
-    fn send(&self, deliveries: &[Delivery]);
-}
 
 /// A validated event, ready to be shaped.
 #[derive(Clone, Debug, PartialEq)]
@@ -326,75 +280,6 @@ impl Event {
     /// The pushes this event becomes (none for a mild algedonic signal).
     pub fn deliveries(&self) -> &[Delivery] {
         &self.deliveries
-    }
-}
-
-/// Publishes to this node's subscribers and, through the relay, to the rest
-/// of the cluster.
-pub struct Bus {
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-    relay: OnceLock<Arc<dyn Relay>>,
-}
-
-impl Bus {
-    pub fn new(hub: Arc<Hub>, metrics: Arc<Metrics>) -> Bus {
-        Bus {
-            hub,
-            metrics,
-            relay: OnceLock::new(),
-        }
-    }
-
-    /// Installs the cluster relay; only the first call has an effect.
-    pub fn set_relay(&self, relay: Arc<dyn Relay>) {
-        let _ = self.relay.set(relay);
-    }
-
-    /// Publishes one validated event to every subscriber in the cluster.
-    pub fn publish(&self, event: Event) -> usize {
-        self.publish_all(std::slice::from_ref(&event))
-    }
-
-    /// Publishes validated events in order; returns local deliveries.
-    pub fn publish_all(&self, events: &[Event]) -> usize {
-        let deliveries: Vec<Delivery> = events
-            .iter()
-            .flat_map(|e| e.deliveries.iter().cloned())
-            .collect();
-        self.metrics.events_in.increment(events.len() as u64);
-        self.send(&deliveries)
-    }
-
-    /// A raw push to any topic (`/api/broadcast`, client `broadcast`).
-    pub fn broadcast(&self, topic: &str, event: &str, payload: &str) -> usize {
-        self.metrics.events_in.increment(1);
-        self.send(&[Delivery {
-            topic: topic.into(),
-            event: event.into(),
-            payload: payload.into(),
-            subsystem: None,
-        }])
-    }
-
-    fn send(&self, deliveries: &[Delivery]) -> usize {
-        let n = self.deliver_local(deliveries);
-        if let Some(relay) = self.relay.get() {
-            if !deliveries.is_empty() {
-                relay.send(deliveries);
-            }
-        }
-        n
-    }
-
-    /// Delivers to this node's subscribers only: the relay's way in.
-    pub fn deliver_local(&self, deliveries: &[Delivery]) -> usize {
-        let mut n = 0;
-        for d in deliveries {
-            n += self.hub.publish(&d.topic, &d.event, &d.payload, d.select());
-        }
-        self.metrics.deliveries.increment(n as u64);
-        n
     }
 }
 

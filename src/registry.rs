@@ -1,0 +1,486 @@
+//! Who is joined to what on this node, and how many. Each topic has one
+//! entry holding its members (socket id → where to push and what it asked
+//! for), so a topic's count *is* its member list and the two can never
+//! disagree. A membership is a `Membership` value and a socket a
+//! `SocketSlot`; dropping either takes it out again, so every way a
+//! membership or socket can end (leave, duplicate join, close, reset,
+//! timeout, slow consumer, shutdown, panic) goes through one path.
+//!
+//! Topics are spread over shards, each behind its own lock: a stats walk or
+//! a fan-out on one topic holds one shard at a time and never the joins of
+//! the others. Totals live in atomics beside the shards.
+
+use crate::outbox::Outbox;
+use crate::protocol::{self, Vsn};
+use crate::topics;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+
+const SHARDS: usize = 32;
+
+/// What a member asked for beyond the topic itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tag {
+    Plain,
+    /// `patterns:vsm`: 0 for all subsystems, 1..=5 for S1..S5.
+    Subsystem(u8),
+    /// `patterns:stats` with or without `changes: true`.
+    Stats {
+        changes: bool,
+    },
+}
+
+/// Which members of a topic a message is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Select {
+    All,
+    /// Members of subsystem n (1..=5) and of all subsystems.
+    Subsystem(u8),
+    /// `patterns:stats` members that asked for `stats_changed`.
+    Changes,
+}
+
+impl Select {
+    fn matches(self, tag: Tag) -> bool {
+        match (self, tag) {
+            (Select::All, _) => true,
+            (Select::Subsystem(n), Tag::Subsystem(s)) => s == 0 || s == n,
+            (Select::Subsystem(_), _) => true,
+            (Select::Changes, Tag::Stats { changes }) => changes,
+            (Select::Changes, _) => false,
+        }
+    }
+}
+
+/// Where one member's pushes go.
+pub struct Member {
+    pub outbox: Arc<Outbox>,
+    pub vsn: Vsn,
+    pub tag: Tag,
+}
+
+#[derive(Default)]
+struct Shard {
+    topics: HashMap<Arc<str>, HashMap<u64, Member>>,
+}
+
+/// A join refused by the registry itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("too many topics")]
+    TooManyTopics,
+}
+
+/// The node's totals at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub memberships: u64,
+    pub sockets: u64,
+    pub topics: u64,
+    pub joins: u64,
+    pub leaves: u64,
+}
+
+/// Every topic with its count, sorted by name, as of one generation.
+pub struct Listing {
+    pub generation: u64,
+    pub topics: Vec<(Arc<str>, u64)>,
+}
+
+pub struct Registry {
+    node: Arc<str>,
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    max_topics: u64,
+    topics: AtomicU64,
+    memberships: AtomicU64,
+    sockets: AtomicU64,
+    /// Most sockets open at once since `take_socket_peak` last asked.
+    sockets_peak: AtomicU64,
+    joins: AtomicU64,
+    leaves: AtomicU64,
+    next_socket: AtomicU64,
+    /// Bumped on every change of a count; watchers coalesce on it.
+    changes: watch::Sender<u64>,
+    listing: Mutex<Option<Arc<Listing>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent, so a poisoned
+    // lock still holds true counts.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    pub fn new(node: &str, max_topics: u64) -> Arc<Registry> {
+        Arc::new(Registry {
+            node: node.into(),
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            max_topics,
+            topics: AtomicU64::new(0),
+            memberships: AtomicU64::new(0),
+            sockets: AtomicU64::new(0),
+            sockets_peak: AtomicU64::new(0),
+            joins: AtomicU64::new(0),
+            leaves: AtomicU64::new(0),
+            next_socket: AtomicU64::new(1),
+            changes: watch::Sender::new(0),
+            listing: Mutex::new(None),
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn shard(&self, topic: &str) -> MutexGuard<'_, Shard> {
+        let i = self.hasher.hash_one(topic) as usize % SHARDS;
+        lock(&self.shards[i])
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Joins socket `socket` to `topic` until the returned value is dropped.
+    /// A socket is in a topic at most once: the caller ends an earlier
+    /// membership of the same topic first.
+    pub fn join(
+        self: &Arc<Self>,
+        topic: &str,
+        socket: u64,
+        member: Member,
+    ) -> Result<Membership, JoinError> {
+        let mut shard = self.shard(topic);
+        let key = match shard.topics.get_key_value(topic) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let held = self.topics.fetch_add(1, Ordering::SeqCst);
+                if held >= self.max_topics {
+                    self.topics.fetch_sub(1, Ordering::SeqCst);
+                    return Err(JoinError::TooManyTopics);
+                }
+                let key: Arc<str> = Arc::from(topic);
+                shard.topics.insert(key.clone(), HashMap::new());
+                key
+            }
+        };
+        if let Some(members) = shard.topics.get_mut(&key) {
+            members.insert(socket, member);
+        }
+        self.memberships.fetch_add(1, Ordering::SeqCst);
+        self.joins.fetch_add(1, Ordering::Relaxed);
+        drop(shard);
+        self.changed();
+        Ok(Membership {
+            registry: self.clone(),
+            topic: key,
+            socket,
+        })
+    }
+
+    fn leave(&self, topic: &str, socket: u64) {
+        let mut shard = self.shard(topic);
+        let mut removed = false;
+        let mut emptied = false;
+        if let Some(members) = shard.topics.get_mut(topic) {
+            removed = members.remove(&socket).is_some();
+            emptied = members.is_empty();
+            // A topic that held thousands and now holds a few gives the
+            // room back (amortised: only after a fall to a quarter).
+            if members.capacity() > 64 && members.len() < members.capacity() / 4 {
+                members.shrink_to(members.len() * 2);
+            }
+        }
+        if emptied {
+            shard.topics.remove(topic);
+            self.topics.fetch_sub(1, Ordering::SeqCst);
+        }
+        drop(shard);
+        if removed {
+            self.memberships.fetch_sub(1, Ordering::SeqCst);
+            self.leaves.fetch_add(1, Ordering::Relaxed);
+            self.changed();
+        }
+    }
+
+    /// Opens a socket slot if fewer than `max` are open.
+    pub fn try_open_socket(self: &Arc<Self>, max: u64) -> Option<SocketSlot> {
+        let open = self
+            .sockets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?
+            + 1;
+        self.sockets_peak.fetch_max(open, Ordering::Relaxed);
+        self.changed();
+        Some(SocketSlot {
+            registry: self.clone(),
+            id: self.next_socket.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    fn close_socket(&self) {
+        self.sockets.fetch_sub(1, Ordering::SeqCst);
+        self.changed();
+    }
+
+    pub fn sockets(&self) -> u64 {
+        self.sockets.load(Ordering::SeqCst)
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            memberships: self.memberships.load(Ordering::SeqCst),
+            sockets: self.sockets.load(Ordering::SeqCst),
+            topics: self.topics.load(Ordering::SeqCst),
+            joins: self.joins.load(Ordering::Relaxed),
+            leaves: self.leaves.load(Ordering::Relaxed),
+        }
+    }
+
+    /// (most sockets open at once since the last call, sockets open now);
+    /// starts the next period at the current count.
+    pub fn take_socket_peak(&self) -> (u64, u64) {
+        let now = self.sockets();
+        let peak = self.sockets_peak.swap(now, Ordering::Relaxed).max(now);
+        (peak, now)
+    }
+
+    /// Members of `topic` on this node.
+    pub fn count(&self, topic: &str) -> u64 {
+        self.shard(topic)
+            .topics
+            .get(topic)
+            .map_or(0, |m| m.len() as u64)
+    }
+
+    /// Every topic and its count, sorted by name. Shared while no count
+    /// changes, so a burst of queries walks the shards once.
+    pub fn listing(&self) -> Arc<Listing> {
+        let generation = *self.changes.borrow();
+        if let Some(cached) = lock(&self.listing).as_ref() {
+            if cached.generation == generation {
+                return cached.clone();
+            }
+        }
+        let mut topics = Vec::with_capacity(self.topics.load(Ordering::Relaxed) as usize);
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            topics.extend(
+                shard
+                    .topics
+                    .iter()
+                    .map(|(t, m)| (t.clone(), m.len() as u64)),
+            );
+        }
+        topics.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let listing = Arc::new(Listing { generation, topics });
+        *lock(&self.listing) = Some(listing.clone());
+        listing
+    }
+
+    /// Memberships of `patterns:stream`.
+    pub fn stream_count(&self) -> u64 {
+        self.count(topics::STREAM)
+    }
+
+    /// A receiver that sees a new value after every change of any count.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether `topic` has any member selected by `select`.
+    pub fn has_members(&self, topic: &str, select: Select) -> bool {
+        self.shard(topic)
+            .topics
+            .get(topic)
+            .is_some_and(|m| m.values().any(|m| select.matches(m.tag)))
+    }
+
+    /// Pushes one message to the selected members of `topic`, encoding it at
+    /// most once per serializer version. Returns how many took it.
+    pub fn publish(&self, topic: &str, event: &str, payload: &str, select: Select) -> usize {
+        let shard = self.shard(topic);
+        let Some(members) = shard.topics.get(topic) else {
+            return 0;
+        };
+        let mut encoded: [Option<Bytes>; 2] = [None, None];
+        let mut delivered = 0;
+        for member in members.values() {
+            if !select.matches(member.tag) {
+                continue;
+            }
+            let slot = match member.vsn {
+                Vsn::V1 => &mut encoded[0],
+                Vsn::V2 => &mut encoded[1],
+            };
+            let frame = slot
+                .get_or_insert_with(|| {
+                    protocol::encode(member.vsn, None, None, topic, event, payload)
+                })
+                .clone();
+            if member.outbox.push(frame) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+}
+
+/// One channel membership, counted and subscribed while it lives.
+pub struct Membership {
+    registry: Arc<Registry>,
+    topic: Arc<str>,
+    socket: u64,
+}
+
+impl Membership {
+    pub fn topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.registry.leave(&self.topic, self.socket);
+    }
+}
+
+/// One open socket, counted while it lives; its id names it in the registry.
+pub struct SocketSlot {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+impl SocketSlot {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.registry.close_socket();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(outbox: &Arc<Outbox>, vsn: Vsn, tag: Tag) -> Member {
+        Member {
+            outbox: outbox.clone(),
+            vsn,
+            tag,
+        }
+    }
+
+    fn counts(r: &Registry) -> Vec<(String, u64)> {
+        r.listing()
+            .topics
+            .iter()
+            .map(|(t, n)| (t.to_string(), *n))
+            .collect()
+    }
+
+    #[test]
+    fn dropping_memberships_counts_down_and_empty_topics_vanish() {
+        let r = Registry::new("n@h", 100);
+        let o = Arc::new(Outbox::new(8));
+        let a = r
+            .join(topics::STREAM, 1, member(&o, Vsn::V2, Tag::Plain))
+            .unwrap();
+        let b = r
+            .join(topics::STREAM, 2, member(&o, Vsn::V2, Tag::Plain))
+            .unwrap();
+        let c = r.join("x", 1, member(&o, Vsn::V2, Tag::Plain)).unwrap();
+        let t = r.totals();
+        assert_eq!((t.memberships, t.topics, r.stream_count()), (3, 2, 2));
+        assert_eq!(
+            counts(&r),
+            vec![("patterns:stream".into(), 2), ("x".into(), 1)]
+        );
+        drop(a);
+        drop(c);
+        assert_eq!(counts(&r), vec![("patterns:stream".into(), 1)]);
+        drop(b);
+        assert!(counts(&r).is_empty());
+        let t = r.totals();
+        assert_eq!((t.memberships, t.topics, t.joins, t.leaves), (0, 0, 3, 3));
+    }
+
+    #[test]
+    fn socket_slots_respect_the_limit_and_get_distinct_ids() {
+        let r = Registry::new("n", 100);
+        let a = r.try_open_socket(1).unwrap();
+        assert!(r.try_open_socket(1).is_none());
+        let first = a.id();
+        drop(a);
+        let b = r.try_open_socket(1).unwrap();
+        assert_ne!(b.id(), first);
+        drop(b);
+        assert_eq!(r.sockets(), 0);
+        assert_eq!(r.take_socket_peak(), (1, 0));
+    }
+
+    #[test]
+    fn a_new_topic_beyond_the_limit_is_refused_but_known_topics_still_join() {
+        let r = Registry::new("n", 1);
+        let o = Arc::new(Outbox::new(8));
+        let _a = r.join("a", 1, member(&o, Vsn::V2, Tag::Plain)).unwrap();
+        assert_eq!(
+            r.join("b", 2, member(&o, Vsn::V2, Tag::Plain)).err(),
+            Some(JoinError::TooManyTopics)
+        );
+        let _b = r.join("a", 2, member(&o, Vsn::V2, Tag::Plain)).unwrap();
+        assert_eq!(r.totals().topics, 1);
+        assert_eq!(r.count("a"), 2);
+    }
+
+    #[test]
+    fn publish_encodes_once_per_version_and_filters_subsystems() {
+        let r = Registry::new("n", 100);
+        let (a, b, c) = (
+            Arc::new(Outbox::new(8)),
+            Arc::new(Outbox::new(8)),
+            Arc::new(Outbox::new(8)),
+        );
+        let vsm = topics::VSM;
+        let _ma = r
+            .join(vsm, 1, member(&a, Vsn::V2, Tag::Subsystem(0)))
+            .unwrap();
+        let _mb = r
+            .join(vsm, 2, member(&b, Vsn::V2, Tag::Subsystem(3)))
+            .unwrap();
+        let mc = r
+            .join(vsm, 3, member(&c, Vsn::V1, Tag::Subsystem(1)))
+            .unwrap();
+        assert_eq!(r.publish(vsm, "e", "{}", Select::Subsystem(3)), 2);
+        let (qa, _) = a.take();
+        let (qb, _) = b.take();
+        assert_eq!(qa[0].as_ptr(), qb[0].as_ptr(), "same bytes shared");
+        assert!(c.is_empty());
+        drop(mc);
+        assert_eq!(r.count(vsm), 2);
+        assert!(!r.has_members(vsm, Select::Changes));
+    }
+
+    #[test]
+    fn listing_is_shared_until_a_count_changes() {
+        let r = Registry::new("n", 100);
+        let o = Arc::new(Outbox::new(8));
+        let _a = r.join("a", 1, member(&o, Vsn::V2, Tag::Plain)).unwrap();
+        let first = r.listing();
+        assert!(Arc::ptr_eq(&first, &r.listing()));
+        let _b = r.join("b", 1, member(&o, Vsn::V2, Tag::Plain)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &r.listing()));
+    }
+}
