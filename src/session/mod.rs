@@ -437,3 +437,6 @@ impl Session {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
