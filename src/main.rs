@@ -1,7 +1,7 @@
 //! The `headcount` binary: argument parsing and logging set-up only; the
 //! work lives in the library.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use headcount::cli::stats::StatsArgs;
 use headcount::cli::watch::WatchArgs;
 use headcount::config::{Config, LogFormat, ServeArgs};
@@ -88,7 +88,10 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // `serve --help` shows each setting's default, taken from the code
+    // that applies it rather than written a second time in a doc comment.
+    let command = Cli::command().mut_subcommand("serve", headcount::config::with_defaults_in_help);
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     if let Command::BenchWorker = cli.command {
         // One thread per worker process: the coordinator starts as many
         // processes as the load needs, and the server keeps the other core.
@@ -104,7 +107,12 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => {
-            let config = Config::resolve(args)?;
+            // A bad setting exits 2, like a bad flag does in clap, with one
+            // line naming the setting.
+            let config = Config::resolve(args).unwrap_or_else(|e| {
+                eprintln!("error: {e}");
+                std::process::exit(2)
+            });
             init_logging(config.log_format);
             runtime.block_on(async {
                 let server = Server::bind(config).await?;

@@ -1,7 +1,9 @@
 //! The binary's command line (SPEC §1): the start line, defaults, every
 //! `serve` setting as a flag, a `HEADCOUNT_*` variable and a TOML key with
-//! flag > env > file > default, refusal of bad settings, and `headcount
-//! stats` as a table or JSON.
+//! flag > env > file > default, refusal of bad settings (exit 2, one line
+//! naming the setting), every default in `serve --help`, and `headcount
+//! stats` as a table or JSON. Settings the node does not act on yet are
+//! seen through what they refuse.
 
 mod common;
 
@@ -332,6 +334,8 @@ fn bad_settings_are_refused_with_a_message() {
     let unknown_key = temp_file("unknown.toml", "no_such_setting = 1\n");
     let bad_syntax = temp_file("syntax.toml", "node = \n");
     let wrong_type = temp_file("type.toml", "idle_timeout_ms = \"soon\"\n");
+    // Exit 2 for all of them, as clap does for a bad flag, except an
+    // address that only fails when the node binds it.
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["--config".into(), unknown_key.display().to_string()],
@@ -365,6 +369,12 @@ fn bad_settings_are_refused_with_a_message() {
             "not an address",
         ),
         (vec!["--no-such-flag".into()], "--no-such-flag"),
+        (vec!["--max-topics".into(), "0".into()], "--max-topics"),
+        (
+            vec!["--webhook-url".into(), "ftp://hooks".into()],
+            "--webhook-url",
+        ),
+        (vec!["--auth".into(), "sometimes".into()], "sometimes"),
     ];
     for (args, named) in cases {
         let out = command()
@@ -374,6 +384,9 @@ fn bad_settings_are_refused_with_a_message() {
             .expect("run headcount");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
+        if named != "not an address" {
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        }
         assert!(
             out.stdout.is_empty(),
             "{args:?} printed a start line: {}",
@@ -382,6 +395,104 @@ fn bad_settings_are_refused_with_a_message() {
         assert!(
             stderr.contains(named),
             "{args:?}: stderr names {named:?}: {stderr}"
+        );
+    }
+}
+
+/// `headcount serve` with these arguments and variables, expected to refuse
+/// to start: its stderr, after checking it exited 2 with one line.
+fn refused(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let mut cmd = command();
+    cmd.arg("serve").args(["--bind", "127.0.0.1:0"]).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run headcount");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?} {envs:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "{args:?} {envs:?} started");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+/// Settings the node does not act on yet are still read from each source
+/// in order and checked: seen here through what each refuses.
+#[test]
+fn new_settings_are_read_in_order_and_checked() {
+    // `--auth` without a key to check tokens with.
+    for mode in ["optional", "required"] {
+        let e = refused(&["--auth", mode], &[]);
+        assert!(e.contains("--auth:") && e.contains(mode), "{e}");
+        let e = refused(&[], &[("HEADCOUNT_AUTH", mode)]);
+        assert!(e.contains("--auth:"), "{e}");
+    }
+    let e = refused(
+        &["--auth-secret", "s", "--auth-public-key", "/etc/hostname"],
+        &[],
+    );
+    assert!(e.contains("--auth-public-key:"), "both given: {e}");
+    // HEADCOUNT_MAX_TOPICS is read, beats the file and loses to the flag.
+    let file = temp_file("topics.toml", "max_topics = 0\n");
+    let config = file.to_str().unwrap();
+    let e = refused(&[], &[("HEADCOUNT_MAX_TOPICS", "0")]);
+    assert!(e.contains("--max-topics:"), "{e}");
+    let e = refused(&["--config", config], &[]);
+    assert!(e.contains("--max-topics:"), "{e}");
+    drop(
+        Server::builder()
+            .args(["--config", config])
+            .env("HEADCOUNT_MAX_TOPICS", "5")
+            .start(),
+    );
+    let e = refused(&["--max-topics", "0"], &[("HEADCOUNT_MAX_TOPICS", "5")]);
+    assert!(e.contains("--max-topics:"), "{e}");
+    // A reachable address with no API key: both ways out are named.
+    let mut cmd = command();
+    let out = cmd
+        .args(["serve", "--bind", "0.0.0.0:0"])
+        .output()
+        .expect("run headcount");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("--api-key") && e.contains("--insecure-api"),
+        "{e}"
+    );
+    let s = Server::builder()
+        .no_bind()
+        .args(["--bind", "0.0.0.0:0"])
+        .env("HEADCOUNT_INSECURE_API", "true")
+        .start();
+    assert!(s.start_line.starts_with("headcount listening on 0.0.0.0:"));
+}
+
+#[test]
+fn serve_help_lists_every_setting_with_its_default() {
+    let out = command().args(["serve", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, default) in [
+        ("--idle-timeout-ms", "60000"),
+        ("--max-topics", "100000"),
+        ("--stats-topic-limit", "100"),
+        ("--occupancy-interval-ms", "250"),
+        ("--max-joins-per-second", "20"),
+        ("--max-messages-burst", "200"),
+        ("--max-connections-per-ip", "0"),
+        ("--outbound-queue-bytes", "4194304"),
+        ("--presence-max-members", "10000"),
+        ("--webhook-vacate-delay-ms", "3000"),
+        ("--public-topic", "none"),
+        ("--insecure-api", "off"),
+    ] {
+        let at = help
+            .find(&format!("{flag} "))
+            .unwrap_or_else(|| panic!("{flag} missing:\n{help}"));
+        let entry = &help[at..];
+        let entry = &entry[..entry[2..].find("\n      --").map_or(entry.len(), |e| e + 2)];
+        assert!(
+            entry.contains(&format!("[default: {default}]")),
+            "{flag}: {entry}"
         );
     }
 }
