@@ -36,7 +36,7 @@ impl Ctx {
     pub fn assemble(config: Config, max_connections: u64) -> Result<Arc<Ctx>, RedisSetupError> {
         let metrics = Arc::new(Metrics::with_mode(config.redis.is_some()));
         metrics.set_static(max_connections);
-        let registry = Registry::new(&config.node, config.max_topics);
+        let registry = Registry::new(&config.node, config.max_topics, config.redis.is_some());
         let reporter = Arc::new(Reporter::new(registry.clone()));
         let (bus, cluster) = match &config.redis {
             None => {

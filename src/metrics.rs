@@ -398,7 +398,7 @@ mod tests {
 
     #[test]
     fn single_node_leaves_out_cluster_gauges_and_sorts_families() {
-        let registry = Registry::new("n@h", 100);
+        let registry = Registry::new("n@h", 100, false);
         let m = Metrics::with_mode(false);
         m.set_static(42);
         m.redis_up.set(1.0);

@@ -14,11 +14,11 @@ use crate::outbox::Outbox;
 use crate::protocol::{self, Vsn};
 use crate::topics;
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 const SHARDS: usize = 32;
 
@@ -42,11 +42,14 @@ pub enum Select {
     Subsystem(u8),
     /// `patterns:stats` members that asked for `stats_changed`.
     Changes,
+    /// Members that joined with `occupancy: true`.
+    Occupancy,
 }
 
 impl Select {
-    fn matches(self, tag: Tag) -> bool {
-        match (self, tag) {
+    fn matches(self, m: &Member) -> bool {
+        match (self, m.tag) {
+            (Select::Occupancy, _) => m.occupancy,
             (Select::All, _) => true,
             (Select::Subsystem(n), Tag::Subsystem(s)) => s == 0 || s == n,
             (Select::Subsystem(_), _) => true,
@@ -61,11 +64,26 @@ pub struct Member {
     pub outbox: Arc<Outbox>,
     pub vsn: Vsn,
     pub tag: Tag,
+    /// Joined with `occupancy: true`: gets the topic's `occupancy` pushes.
+    pub occupancy: bool,
+}
+
+#[derive(Default)]
+struct Topic {
+    members: HashMap<u64, Member>,
+    /// Members with `occupancy: true`.
+    watchers: u32,
 }
 
 #[derive(Default)]
 struct Shard {
-    topics: HashMap<Arc<str>, HashMap<u64, Member>>,
+    topics: HashMap<Arc<str>, Topic>,
+    /// Topics whose count changed since the cluster writer last asked
+    /// (kept only in cluster mode).
+    changed: HashSet<Arc<str>>,
+    /// Topics with watchers whose cluster-wide count may have changed since
+    /// the occupancy task last asked.
+    watched: HashSet<Arc<str>>,
 }
 
 /// A join refused by the registry itself.
@@ -107,6 +125,10 @@ pub struct Registry {
     /// Bumped on every change of a count; watchers coalesce on it.
     changes: watch::Sender<u64>,
     listing: Mutex<Option<Arc<Listing>>>,
+    /// Whether topics that changed are remembered for the cluster writer.
+    track_changes: bool,
+    /// Woken when a watched topic may have changed.
+    watched: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,7 +138,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
-    pub fn new(node: &str, max_topics: u64) -> Arc<Registry> {
+    /// `track_changes`: remember which topics changed, for `take_changed`
+    /// (a cluster node sends only those to Redis).
+    pub fn new(node: &str, max_topics: u64, track_changes: bool) -> Arc<Registry> {
         Arc::new(Registry {
             node: node.into(),
             hasher: RandomState::new(),
@@ -131,6 +155,8 @@ impl Registry {
             next_socket: AtomicU64::new(1),
             changes: watch::Sender::new(0),
             listing: Mutex::new(None),
+            track_changes,
+            watched: Notify::new(),
         })
     }
 
@@ -166,13 +192,17 @@ impl Registry {
                     return Err(JoinError::TooManyTopics);
                 }
                 let key: Arc<str> = Arc::from(topic);
-                shard.topics.insert(key.clone(), HashMap::new());
+                shard.topics.insert(key.clone(), Topic::default());
                 key
             }
         };
-        if let Some(members) = shard.topics.get_mut(&key) {
-            members.insert(socket, member);
+        let mut watched = false;
+        if let Some(entry) = shard.topics.get_mut(&key) {
+            entry.watchers += u32::from(member.occupancy);
+            watched = entry.watchers > 0;
+            entry.members.insert(socket, member);
         }
+        self.note(&mut shard, &key, watched);
         self.memberships.fetch_add(1, Ordering::SeqCst);
         self.joins.fetch_add(1, Ordering::Relaxed);
         drop(shard);
@@ -186,20 +216,32 @@ impl Registry {
 
     fn leave(&self, topic: &str, socket: u64) {
         let mut shard = self.shard(topic);
-        let mut removed = false;
-        let mut emptied = false;
-        if let Some(members) = shard.topics.get_mut(topic) {
-            removed = members.remove(&socket).is_some();
-            emptied = members.is_empty();
-            // A topic that held thousands and now holds a few gives the
-            // room back (amortised: only after a fall to a quarter).
-            if members.capacity() > 64 && members.len() < members.capacity() / 4 {
-                members.shrink_to(members.len() * 2);
+        let Some(key) = shard.topics.get_key_value(topic).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        let Some(entry) = shard.topics.get_mut(topic) else {
+            return;
+        };
+        let removed = match entry.members.remove(&socket) {
+            Some(m) => {
+                entry.watchers -= u32::from(m.occupancy);
+                true
             }
+            None => false,
+        };
+        let watched = entry.watchers > 0;
+        let members = &mut entry.members;
+        // A topic that held thousands and now holds a few gives the room
+        // back (amortised: only after a fall to a quarter).
+        if members.capacity() > 64 && members.len() < members.capacity() / 4 {
+            members.shrink_to(members.len() * 2);
         }
-        if emptied {
+        if members.is_empty() {
             shard.topics.remove(topic);
             self.topics.fetch_sub(1, Ordering::SeqCst);
+        }
+        if removed {
+            self.note(&mut shard, &key, watched);
         }
         drop(shard);
         if removed {
@@ -207,6 +249,56 @@ impl Registry {
             self.leaves.fetch_add(1, Ordering::Relaxed);
             self.changed();
         }
+    }
+
+    /// Remembers a change of `topic` for the cluster writer and, when it has
+    /// watchers, for the occupancy task.
+    fn note(&self, shard: &mut Shard, topic: &Arc<str>, watched: bool) {
+        if self.track_changes && !shard.changed.contains(topic) {
+            shard.changed.insert(topic.clone());
+        }
+        if watched && !shard.watched.contains(topic) {
+            shard.watched.insert(topic.clone());
+            self.watched.notify_one();
+        }
+    }
+
+    /// Tells the occupancy task that `topic`'s count elsewhere in the
+    /// cluster changed (the cluster view calls this); a no-op unless a
+    /// member here watches it.
+    pub fn touch(&self, topic: &str) {
+        let mut shard = self.shard(topic);
+        let Some((key, entry)) = shard.topics.get_key_value(topic) else {
+            return;
+        };
+        if entry.watchers > 0 && !shard.watched.contains(topic) {
+            let key = key.clone();
+            shard.watched.insert(key);
+            self.watched.notify_one();
+        }
+    }
+
+    /// Topics whose count changed since the last call (cluster mode).
+    pub fn take_changed(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(lock(shard).changed.drain());
+        }
+        out
+    }
+
+    /// Watched topics that may have changed since the last call.
+    pub fn take_watched(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(lock(shard).watched.drain());
+        }
+        out
+    }
+
+    /// Resolves when a watched topic may have changed.
+    pub async fn watched_changed(&self) {
+        self.watched.notified().await
     }
 
     /// Opens a socket slot if fewer than `max` are open.
@@ -258,7 +350,7 @@ impl Registry {
         self.shard(topic)
             .topics
             .get(topic)
-            .map_or(0, |m| m.len() as u64)
+            .map_or(0, |t| t.members.len() as u64)
     }
 
     /// Every topic and its count, sorted by name. Shared while no count
@@ -277,7 +369,7 @@ impl Registry {
                 shard
                     .topics
                     .iter()
-                    .map(|(t, m)| (t.clone(), m.len() as u64)),
+                    .map(|(t, e)| (t.clone(), e.members.len() as u64)),
             );
         }
         topics.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -301,20 +393,23 @@ impl Registry {
         self.shard(topic)
             .topics
             .get(topic)
-            .is_some_and(|m| m.values().any(|m| select.matches(m.tag)))
+            .is_some_and(|t| t.members.values().any(|m| select.matches(m)))
     }
 
     /// Pushes one message to the selected members of `topic`, encoding it at
     /// most once per serializer version. Returns how many took it.
     pub fn publish(&self, topic: &str, event: &str, payload: &str, select: Select) -> usize {
         let shard = self.shard(topic);
-        let Some(members) = shard.topics.get(topic) else {
+        let Some(entry) = shard.topics.get(topic) else {
             return 0;
         };
+        if select == Select::Occupancy && entry.watchers == 0 {
+            return 0;
+        }
         let mut encoded: [Option<Bytes>; 2] = [None, None];
         let mut delivered = 0;
-        for member in members.values() {
-            if !select.matches(member.tag) {
+        for member in entry.members.values() {
+            if !select.matches(member) {
                 continue;
             }
             let slot = match member.vsn {
@@ -380,6 +475,7 @@ mod tests {
             outbox: outbox.clone(),
             vsn,
             tag,
+            occupancy: false,
         }
     }
 
@@ -393,7 +489,7 @@ mod tests {
 
     #[test]
     fn dropping_memberships_counts_down_and_empty_topics_vanish() {
-        let r = Registry::new("n@h", 100);
+        let r = Registry::new("n@h", 100, false);
         let o = Arc::new(Outbox::new(8));
         let a = r
             .join(topics::STREAM, 1, member(&o, Vsn::V2, Tag::Plain))
@@ -419,7 +515,7 @@ mod tests {
 
     #[test]
     fn socket_slots_respect_the_limit_and_get_distinct_ids() {
-        let r = Registry::new("n", 100);
+        let r = Registry::new("n", 100, false);
         let a = r.try_open_socket(1).unwrap();
         assert!(r.try_open_socket(1).is_none());
         let first = a.id();
@@ -433,7 +529,7 @@ mod tests {
 
     #[test]
     fn a_new_topic_beyond_the_limit_is_refused_but_known_topics_still_join() {
-        let r = Registry::new("n", 1);
+        let r = Registry::new("n", 1, false);
         let o = Arc::new(Outbox::new(8));
         let _a = r.join("a", 1, member(&o, Vsn::V2, Tag::Plain)).unwrap();
         assert_eq!(
@@ -447,7 +543,7 @@ mod tests {
 
     #[test]
     fn publish_encodes_once_per_version_and_filters_subsystems() {
-        let r = Registry::new("n", 100);
+        let r = Registry::new("n", 100, false);
         let (a, b, c) = (
             Arc::new(Outbox::new(8)),
             Arc::new(Outbox::new(8)),
@@ -474,8 +570,32 @@ mod tests {
     }
 
     #[test]
+    fn changes_are_remembered_for_the_writer_and_watched_topics() {
+        let r = Registry::new("n", 100, true);
+        let o = Arc::new(Outbox::new(8));
+        let watcher = Member {
+            occupancy: true,
+            ..member(&o, Vsn::V2, Tag::Plain)
+        };
+        let a = r.join("a", 1, member(&o, Vsn::V2, Tag::Plain)).unwrap();
+        let _w = r.join("w", 1, watcher).unwrap();
+        let mut changed = r.take_changed();
+        changed.sort();
+        assert_eq!(changed, vec![Arc::from("a"), Arc::from("w")]);
+        assert_eq!(r.take_watched(), vec![Arc::from("w")]);
+        assert!(r.take_changed().is_empty() && r.take_watched().is_empty());
+        drop(a);
+        assert_eq!(r.take_changed(), vec![Arc::from("a")]);
+        assert!(r.take_watched().is_empty(), "nobody watches a");
+        r.touch("a");
+        r.touch("w");
+        assert_eq!(r.take_watched(), vec![Arc::from("w")]);
+        assert_eq!(r.publish("w", "occupancy", "{}", Select::Occupancy), 1);
+    }
+
+    #[test]
     fn listing_is_shared_until_a_count_changes() {
-        let r = Registry::new("n", 100);
+        let r = Registry::new("n", 100, false);
         let o = Arc::new(Outbox::new(8));
         let _a = r.join("a", 1, member(&o, Vsn::V2, Tag::Plain)).unwrap();
         let first = r.listing();

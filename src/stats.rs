@@ -252,13 +252,14 @@ mod tests {
 
     #[test]
     fn local_and_cluster_shapes_parse_back() {
-        let registry = Registry::new("a@h", 100);
+        let registry = Registry::new("a@h", 100, false);
         let reporter = Reporter::new(registry.clone());
         let slot = registry.try_open_socket(10).unwrap();
         let member = Member {
             outbox: Arc::new(Outbox::new(8)),
             vsn: Vsn::V2,
             tag: Tag::Plain,
+            occupancy: false,
         };
         let _m = registry.join("patterns:stream", slot.id(), member).unwrap();
         let parsed: Value = serde_json::from_str(&reporter.local()).unwrap();

@@ -68,12 +68,13 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
 
-        let registry = Registry::new("t@h", 100);
+        let registry = Registry::new("t@h", 100, false);
         let slot = registry.try_open_socket(10).unwrap();
         let member = || Member {
             outbox: Arc::new(Outbox::new(8)),
             vsn: Vsn::V2,
             tag: Tag::Plain,
+            occupancy: false,
         };
         let _a = registry
             .join("patterns:stream", slot.id(), member())

@@ -194,13 +194,14 @@ mod tests {
 
     #[test]
     fn merges_other_nodes_with_live_local_figures() {
-        let registry = crate::registry::Registry::new("a", 100);
+        let registry = crate::registry::Registry::new("a", 100, false);
         let reporter = Reporter::new(registry.clone());
         let slot = registry.try_open_socket(10).unwrap();
         let member = || crate::registry::Member {
             outbox: std::sync::Arc::new(crate::outbox::Outbox::new(8)),
             vsn: crate::protocol::Vsn::V2,
             tag: crate::registry::Tag::Plain,
+            occupancy: false,
         };
         let _m1 = registry
             .join("patterns:stream", slot.id(), member())

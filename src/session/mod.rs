@@ -309,6 +309,7 @@ impl Session {
             outbox: self.outbox.clone(),
             vsn: self.vsn,
             tag,
+            occupancy: false,
         };
         let membership = match ctx.registry.join(&m.topic, self.slot.id(), member) {
             Ok(membership) => membership,
