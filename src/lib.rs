@@ -13,7 +13,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod bench;
 pub mod bus;
 pub mod channels;
 pub mod cli;
