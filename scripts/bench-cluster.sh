@@ -4,10 +4,12 @@
 # (join/leave propagation) and (2) PER sockets held on every node at once,
 # with every node's /api/stats/cluster read while they are held.
 #
-#   BIN=target/release/headcount scripts/bench-cluster.sh /tmp/bench-cluster
+#   scripts/bench-cluster.sh /tmp/bench-cluster   # BIN: cargo's release build unless set
 set -euo pipefail
 OUT=${1:-/tmp/headcount-bench-cluster}
-BIN=${BIN:-target/release/headcount}
+# cargo's target directory, wherever CARGO_TARGET_DIR or a config puts it.
+BIN=${BIN:-$(cargo metadata --format-version 1 --no-deps |
+  grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)/release/headcount}
 NODES=${NODES:-6}
 PER=${PER:-16700}
 REDIS_PORT=${REDIS_PORT:-16500}

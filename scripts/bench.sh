@@ -4,13 +4,15 @@
 # Summarise with scripts/bench-summary.sh OUT.
 #
 #   cargo build --release            # and --features jemalloc / mimalloc
-#   BIN=target/release/headcount scripts/bench.sh 3 /tmp/bench-out
+#   scripts/bench.sh 3 /tmp/bench-out   # BIN: cargo's release build unless set
 #
 # ALLOCS="sys=path jem=path mi=path" adds the allocator comparison of `hold`.
 set -euo pipefail
 RUNS=${1:-3}
 OUT=${2:-/tmp/headcount-bench}
-BIN=${BIN:-target/release/headcount}
+# cargo's target directory, wherever CARGO_TARGET_DIR or a config puts it.
+BIN=${BIN:-$(cargo metadata --format-version 1 --no-deps |
+  grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)/release/headcount}
 PORT=${PORT:-21100}   # below the ephemeral range, so client ports never take it
 mkdir -p "$OUT"
 export RUST_BACKTRACE=0

@@ -13,7 +13,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod bench;
 pub mod bus;
 mod channels;
 pub mod cli;
@@ -38,4 +37,4 @@ mod trim;
 
 pub use bus::{Bus, Event};
 pub use config::Config;
-pub use server::{Server, ServerError};
+pub use server::{raise_file_limit, Server, ServerError};

@@ -1,5 +1,5 @@
 //! The `headcount` binary: argument parsing and logging set-up only; the
-//! work lives in the library.
+//! work lives in the library, and `bench` in the `headcount-bench` crate.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use headcount::cli::stats::StatsArgs;
@@ -47,7 +47,7 @@ enum Command {
     /// Live view of a node's stats in the terminal (Ctrl-C quits).
     Watch(WatchArgs),
     /// Load generator: hold, fanout, query, churn, cluster (loopback only).
-    Bench(headcount::bench::BenchArgs),
+    Bench(headcount_bench::BenchArgs),
     /// One load-generating worker process, driven by `bench` over stdin/stdout.
     #[command(hide = true)]
     BenchWorker,
@@ -98,7 +98,9 @@ fn main() -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        runtime.block_on(headcount::bench::worker::main_stdio())?;
+        // Each worker holds as many sockets as its hard file limit allows.
+        headcount::raise_file_limit();
+        runtime.block_on(headcount_bench::worker::main_stdio())?;
         runtime.shutdown_timeout(std::time::Duration::from_millis(100));
         return Ok(());
     }
@@ -135,7 +137,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::BenchWorker => {}
         Command::Bench(args) => {
-            let out = runtime.block_on(headcount::bench::run(args))?;
+            // The in-process worker too: up to the hard file limit.
+            headcount::raise_file_limit();
+            let out = runtime.block_on(headcount_bench::run(args))?;
             print!("{out}");
             std::io::stdout().flush()?;
         }

@@ -4,8 +4,8 @@
 use super::failed;
 use super::pool::Pool;
 use super::report::round3;
-use crate::bench::http::Http;
-use crate::bench::{cpu_seconds, rss_of, BenchArgs, BenchError, Endpoint};
+use crate::http::Http;
+use crate::{cpu_seconds, rss_of, BenchArgs, BenchError, Endpoint};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

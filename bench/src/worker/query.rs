@@ -3,8 +3,8 @@
 
 use super::open::{open_joined, open_many, source, target, topic};
 use super::{lock, Command, Event, Link, Outcome, WorkerSpec};
-use crate::bench::client::{self};
-use crate::bench::hist::Hist;
+use crate::client::{self};
+use crate::hist::Hist;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -5,6 +5,12 @@
 //! processes to pass the per-process file limit) and over 127.0.0.x source
 //! addresses (to pass the ephemeral-port limit), drives the scenario's
 //! phases, reads the server's RSS and counts, and prints the report.
+//!
+//! A crate of its own, apart from the server's library: the `headcount`
+//! binary parses [`BenchArgs`] and calls [`run`], and its hidden
+//! `bench-worker` subcommand calls [`worker::main_stdio`], which is what
+//! the child processes run (the current executable, re-executed as
+//! `EXE bench-worker`). The binary raises the open-file limit before both.
 
 pub mod client;
 pub mod hist;

@@ -4,10 +4,10 @@
 use super::failed;
 use super::pool::bar;
 use super::report::lat_line;
-use crate::bench::client::Ws;
-use crate::bench::hist::Hist;
-use crate::bench::worker;
-use crate::bench::{BenchArgs, BenchError, Endpoint};
+use crate::client::Ws;
+use crate::hist::Hist;
+use crate::worker;
+use crate::{BenchArgs, BenchError, Endpoint};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

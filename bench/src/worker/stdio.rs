@@ -6,9 +6,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// `headcount bench-worker`: reads its spec and then commands from stdin,
-/// writes events to stdout as JSON lines.
+/// writes events to stdout as JSON lines. The caller raises the open-file
+/// limit first (the `headcount` binary does, before it calls this).
 pub async fn main_stdio() -> std::io::Result<()> {
-    crate::server::raise_file_limit();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let first = lines
         .next_line()

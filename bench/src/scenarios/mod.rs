@@ -17,7 +17,8 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// Runs the scenario and returns what to print: the human summary, or one
-/// JSON object with `--json`.
+/// JSON object with `--json`. The caller raises the open-file limit first
+/// (the `headcount` binary does, before it calls this).
 pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     if args.url.is_empty() {
         return Err(BenchError::Usage("--url is required".into()));
@@ -27,7 +28,6 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         endpoints.push(endpoint(url).await?);
     }
     check_bounds(&args)?;
-    crate::server::raise_file_limit();
     let limit = Duration::from_secs_f64(args.timeout.max(1.0));
     let work = async {
         match args.scenario {

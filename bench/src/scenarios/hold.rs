@@ -4,8 +4,8 @@
 use super::measure::{counts, counts_until, quiet_counts, rss, Cpu};
 use super::pool::{bar, specs_for, worker_count, Pool};
 use super::report::{cpu_line, kib, lat_line, round3};
-use crate::bench::worker::{Command, Kind};
-use crate::bench::{BenchArgs, BenchError, Endpoint};
+use crate::worker::{Command, Kind};
+use crate::{BenchArgs, BenchError, Endpoint};
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

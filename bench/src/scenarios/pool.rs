@@ -4,9 +4,9 @@
 
 use super::failed;
 use super::report::{per_s, round3};
-use crate::bench::hist::Hist;
-use crate::bench::worker::{self, Command, Event, Kind, Outcome, Setup, WorkerSpec};
-use crate::bench::{cpu_seconds, source_addrs, BenchArgs, BenchError, Endpoint, QueryEvent};
+use crate::hist::Hist;
+use crate::worker::{self, Command, Event, Kind, Outcome, Setup, WorkerSpec};
+use crate::{cpu_seconds, source_addrs, BenchArgs, BenchError, Endpoint, QueryEvent};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

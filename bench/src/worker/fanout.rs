@@ -3,8 +3,8 @@
 
 use super::open::{open_many, topic};
 use super::{lock, now_us, Command, Event, Link, Outcome, WorkerSpec};
-use crate::bench::client::{self, Ws, OP_CLOSE, OP_TEXT};
-use crate::bench::hist::Hist;
+use crate::client::{self, Ws, OP_CLOSE, OP_TEXT};
+use crate::hist::Hist;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 
 use super::open::{open_many, topic};
 use super::{Command, Event, Link, Outcome, WorkerSpec};
-use crate::bench::client::{self, OP_CLOSE, OP_TEXT};
+use crate::client::{self, OP_CLOSE, OP_TEXT};
 use std::time::Duration;
 
 const HEARTBEAT: &str = "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]";

@@ -1,6 +1,6 @@
 //! Number formats and lines every scenario's report uses alike.
 
-use crate::bench::hist::fmt_us;
+use crate::hist::fmt_us;
 use serde_json::Value;
 
 /// A count per second, as a whole number.
@@ -46,7 +46,7 @@ pub(super) fn kib(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::bench::hist::Hist;
+    use crate::hist::Hist;
 
     #[test]
     fn latency_summary_serializes() {

@@ -4,9 +4,9 @@
 use super::measure::{counts_until, quiet_counts, Cpu};
 use super::pool::{bar, shares, specs_for, Pool};
 use super::report::{cpu_line, lat_line, per_s, round3};
-use crate::bench::hist::Hist;
-use crate::bench::worker::{Command, Kind};
-use crate::bench::{BenchArgs, BenchError, Endpoint};
+use crate::hist::Hist;
+use crate::worker::{Command, Kind};
+use crate::{BenchArgs, BenchError, Endpoint};
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

@@ -4,10 +4,10 @@
 use super::measure::{counts, quiet_counts, Cpu};
 use super::pool::{bar, specs_for, worker_count, Pool};
 use super::report::{cpu_line, lat_line, per_s, round3};
-use crate::bench::hist::Hist;
-use crate::bench::http::Http;
-use crate::bench::worker::{Command, Kind};
-use crate::bench::{BenchArgs, BenchError, Endpoint, QueryEvent};
+use crate::hist::Hist;
+use crate::http::Http;
+use crate::worker::{Command, Kind};
+use crate::{BenchArgs, BenchError, Endpoint, QueryEvent};
 use serde_json::{json, Value};
 
 pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchError> {

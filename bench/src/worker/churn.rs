@@ -3,8 +3,8 @@
 
 use super::open::{error_name, open_joined, source, target, topic};
 use super::{lock, Command, Event, Link, Outcome, Setup, WorkerSpec};
-use crate::bench::client::{self, Target, OP_CLOSE};
-use crate::bench::hist::Hist;
+use crate::client::{self, Target, OP_CLOSE};
+use crate::hist::Hist;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

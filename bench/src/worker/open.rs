@@ -2,8 +2,8 @@
 //! many at the spec's rate, with their connect and join times.
 
 use super::{now_us, Setup, WorkerSpec};
-use crate::bench::client::{Target, Ws};
-use crate::bench::hist::Hist;
+use crate::client::{Target, Ws};
+use crate::hist::Hist;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
