@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod bench;
 pub mod bus;
 pub mod channels;
