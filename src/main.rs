@@ -46,6 +46,8 @@ enum Command {
     Stats(StatsArgs),
     /// Live view of a node's stats in the terminal (Ctrl-C quits).
     Watch(WatchArgs),
+    /// Sign a token for a node's --auth-secret or --auth-public-key.
+    Token(headcount::cli::token::TokenArgs),
     /// Load generator: hold, fanout, query, churn, cluster (loopback only).
     Bench(headcount::bench::BenchArgs),
     /// One load-generating worker process, driven by `bench` over stdin/stdout.
@@ -89,6 +91,19 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Token(args) = &cli.command {
+        // Bad input exits 2, like a bad flag.
+        match headcount::cli::token::run(args) {
+            Ok(token) => {
+                println!("{token}");
+                return Ok(());
+            }
+            Err(e) => {
+                eprintln!("headcount token: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     if let Command::BenchWorker = cli.command {
         // One thread per worker process: the coordinator starts as many
         // processes as the load needs, and the server keeps the other core.
@@ -125,7 +140,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
-        Command::BenchWorker => {}
+        Command::BenchWorker | Command::Token(_) => {}
         Command::Bench(args) => {
             let out = runtime.block_on(headcount::bench::run(args))?;
             print!("{out}");
