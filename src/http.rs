@@ -51,7 +51,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// The first value of query parameter `name`, percent-decoded.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())

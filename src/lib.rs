@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod bus;
 mod channels;
 pub mod cli;

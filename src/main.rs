@@ -46,6 +46,8 @@ enum Command {
     Stats(StatsArgs),
     /// Live view of a node's stats in the terminal (Ctrl-C quits).
     Watch(WatchArgs),
+    /// Sign a token for a node's --auth-secret or --auth-public-key.
+    Token(headcount::cli::token::TokenArgs),
     /// Load generator: hold, fanout, query, churn, cluster (loopback only).
     Bench(headcount_bench::BenchArgs),
     /// One load-generating worker process, driven by `bench` over stdin/stdout.
@@ -92,6 +94,19 @@ fn main() -> anyhow::Result<()> {
     // that applies it rather than written a second time in a doc comment.
     let command = Cli::command().mut_subcommand("serve", headcount::config::with_defaults_in_help);
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    if let Command::Token(args) = &cli.command {
+        // Bad input exits 2, like a bad flag.
+        match headcount::cli::token::run(args) {
+            Ok(token) => {
+                println!("{token}");
+                return Ok(());
+            }
+            Err(e) => {
+                eprintln!("headcount token: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     if let Command::BenchWorker = cli.command {
         // One thread per worker process: the coordinator starts as many
         // processes as the load needs, and the server keeps the other core.
@@ -135,7 +150,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
-        Command::BenchWorker => {}
+        Command::BenchWorker | Command::Token(_) => {}
         Command::Bench(args) => {
             // The in-process worker too: up to the hard file limit.
             headcount::raise_file_limit();
