@@ -5,7 +5,7 @@
 use wildmatch::WildMatch;
 
 #[derive(Clone, Debug, Default)]
-pub struct Globs(Vec<WildMatch>);
+pub struct Globs(Box<[WildMatch]>);
 
 impl Globs {
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Globs {
