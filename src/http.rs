@@ -4,10 +4,11 @@
 use crate::bus::{Event, MAX_BATCH, MAX_BODY};
 use crate::context::Ctx;
 use crate::protocol::Vsn;
+use crate::stats::Filter;
 use crate::transport::handshake;
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -23,6 +24,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/socket/websocket", get(upgrade))
         .route("/api/stats", get(local_stats))
         .route("/api/stats/cluster", get(cluster_stats))
+        .route("/api/occupancy", get(occupancy))
         .route("/api/events", post(events))
         .route("/api/broadcast", post(broadcast))
         .route("/metrics", get(metrics))
@@ -115,12 +117,36 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
     res
 }
 
-async fn local_stats(State(ctx): State<Arc<Ctx>>) -> Response {
-    json(StatusCode::OK, ctx.reporter.local())
+/// A stats answer under the `prefix`/`limit` query parameters (§7.3).
+fn filtered(query: Option<&str>, answer: impl FnOnce(&Filter) -> String) -> Response {
+    match Filter::from_query(query) {
+        Ok(filter) => json(StatusCode::OK, answer(&filter)),
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
 }
 
-async fn cluster_stats(State(ctx): State<Arc<Ctx>>) -> Response {
-    json(StatusCode::OK, ctx.cluster.stats().await)
+async fn local_stats(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
+    filtered(uri.query(), |f| ctx.reporter.local(f))
+}
+
+async fn cluster_stats(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
+    filtered(uri.query(), |f| ctx.cluster.stats(f))
+}
+
+/// `GET /api/occupancy?topic=T&topic=U` (§7.2).
+async fn occupancy(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
+    let asked: Vec<serde_json::Value> =
+        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .filter(|(k, _)| k == "topic")
+            .map(|(_, v)| serde_json::Value::String(v.into_owned()))
+            .collect();
+    match crate::channels::occupancy_topics(&serde_json::Value::Array(asked)) {
+        Some(topics) => json(StatusCode::OK, ctx.cluster.occupancy(&topics)),
+        None => error(
+            StatusCode::BAD_REQUEST,
+            "give 1 to 100 topics as ?topic=T&topic=U",
+        ),
+    }
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
@@ -221,6 +247,12 @@ async fn broadcast(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Body) 
         (Ok(t), Ok(e)) => (t, e),
         (Err(why), _) | (_, Err(why)) => return error(StatusCode::BAD_REQUEST, &why),
     };
+    if crate::bus::reserved(event) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("event {event:?} is reserved: the protocol gives it a meaning"),
+        );
+    }
     let payload = match value.get("payload") {
         None | Some(Value::Null) => "{}".to_owned(),
         Some(p) => p.to_string(),

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub relay_out: Counter,
     pub relay_rejected: Counter,
     pub relay_dropped: Counter,
+    pub redis_commands: Counter,
     pub redis_up: Gauge,
     pub cluster_nodes: Gauge,
     pub oldest_node_age: Gauge,
@@ -187,6 +188,15 @@ impl Metrics {
                 vec![],
                 "Messages not relayed to other nodes because Redis was slow or down",
             ),
+            redis_commands: if cluster {
+                counter(
+                    "headcount_redis_commands_total",
+                    vec![],
+                    "Commands this node sent to Redis (cluster mode)",
+                )
+            } else {
+                Counter::noop()
+            },
             redis_up: cluster_gauge("headcount_redis_up"),
             cluster_nodes: cluster_gauge("headcount_cluster_nodes"),
             oldest_node_age: cluster_gauge("headcount_cluster_oldest_node_age_seconds"),

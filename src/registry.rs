@@ -296,6 +296,22 @@ impl Registry {
         out
     }
 
+    /// Every topic that has watchers now.
+    pub fn watched_topics(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            out.extend(
+                shard
+                    .topics
+                    .iter()
+                    .filter(|(_, e)| e.watchers > 0)
+                    .map(|(t, _)| t.clone()),
+            );
+        }
+        out
+    }
+
     /// Resolves when a watched topic may have changed.
     pub async fn watched_changed(&self) {
         self.watched.notified().await

@@ -8,6 +8,7 @@ use crate::registry::{Listing, Registry};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -38,7 +39,122 @@ pub fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
 }
 
-/// SPEC §3.1.
+/// The `prefix` / `limit` filters of SPEC §7.3: which topics a stats
+/// answer lists in `connections_by_topic` (its totals always cover all).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub prefix: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Largest `limit` a caller may ask for.
+pub const MAX_LIMIT: usize = 100_000;
+
+/// A filter that cannot be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("limit must be an integer from 1 to 100000")]
+    Limit,
+    #[error("prefix must be a string")]
+    Prefix,
+}
+
+impl FilterError {
+    /// The short reason of an error reply.
+    pub fn reason(self) -> &'static str {
+        match self {
+            FilterError::Limit => "bad limit",
+            FilterError::Prefix => "bad prefix",
+        }
+    }
+}
+
+const BAD_LIMIT: FilterError = FilterError::Limit;
+const BAD_PREFIX: FilterError = FilterError::Prefix;
+
+impl Filter {
+    /// At most `limit` topics, largest first (what pushes carry).
+    pub fn top(limit: usize) -> Filter {
+        Filter {
+            prefix: None,
+            limit: Some(limit),
+        }
+    }
+
+    fn limit(n: Option<u64>) -> Result<Option<usize>, FilterError> {
+        match n {
+            None => Ok(None),
+            Some(n) if (1..=MAX_LIMIT as u64).contains(&n) => Ok(Some(n as usize)),
+            Some(_) => Err(BAD_LIMIT),
+        }
+    }
+
+    /// From a request payload (`{"prefix": "rooms:", "limit": 10}`); any
+    /// other field is ignored, as a null of either is.
+    pub fn from_payload(payload: Option<&Map<String, Value>>) -> Result<Filter, FilterError> {
+        let Some(map) = payload else {
+            return Ok(Filter::default());
+        };
+        let prefix = match map.get("prefix") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p)) => Some(p.clone()),
+            Some(_) => return Err(BAD_PREFIX),
+        };
+        let limit = match map.get("limit") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or(BAD_LIMIT)?),
+        };
+        Ok(Filter {
+            prefix,
+            limit: Filter::limit(limit)?,
+        })
+    }
+
+    /// From HTTP query parameters `prefix` and `limit`.
+    pub fn from_query(query: Option<&str>) -> Result<Filter, FilterError> {
+        let mut filter = Filter::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "prefix" => filter.prefix = Some(v.into_owned()),
+                "limit" => {
+                    let n = v.trim().parse::<u64>().map_err(|_| BAD_LIMIT)?;
+                    filter.limit = Filter::limit(Some(n))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(filter)
+    }
+
+    fn admits(&self, topic: &str) -> bool {
+        self.prefix.as_deref().is_none_or(|p| topic.starts_with(p))
+    }
+
+    /// The entries it keeps, in the order an answer lists them: largest
+    /// first (ties by name) when there is a limit, by name otherwise; and
+    /// how many matched the prefix but were left out.
+    pub fn apply<T>(&self, mut matched: Vec<T>, key: impl Fn(&T) -> (&str, u64)) -> (Vec<T>, u64) {
+        matched.retain(|t| self.admits(key(t).0));
+        let Some(limit) = self.limit else {
+            matched.sort_unstable_by(|a, b| key(a).0.cmp(key(b).0));
+            return (matched, 0);
+        };
+        let order = |a: &T, b: &T| {
+            let (ta, na) = key(a);
+            let (tb, nb) = key(b);
+            nb.cmp(&na).then_with(|| ta.cmp(tb))
+        };
+        let omitted = matched.len().saturating_sub(limit) as u64;
+        if matched.len() > limit {
+            matched.select_nth_unstable_by(limit - 1, order);
+            matched.truncate(limit);
+        }
+        matched.sort_unstable_by(order);
+        (matched, omitted)
+    }
+}
+
+/// SPEC §3.1 (with §7.3's `topics_omitted`).
 #[derive(Serialize)]
 pub struct LocalStats<'a> {
     pub node: &'a str,
@@ -46,6 +162,7 @@ pub struct LocalStats<'a> {
     pub stream_count: u64,
     pub socket_count: u64,
     pub connections_by_topic: &'a RawValue,
+    pub topics_omitted: u64,
     pub timestamp: String,
 }
 
@@ -65,6 +182,7 @@ pub struct ClusterStats<'a> {
     pub stream_count: u64,
     pub socket_count: u64,
     pub connections_by_topic: &'a RawValue,
+    pub topics_omitted: u64,
     pub nodes: BTreeMap<&'a str, NodeEntry>,
     pub total_connections: u64,
     pub cluster_size: usize,
@@ -122,22 +240,34 @@ pub fn raw(json: String) -> Box<RawValue> {
         .unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("literal JSON"))
 }
 
+/// `connections_by_topic` as rendered for one filter.
+#[derive(Clone)]
+pub struct ByTopicJson {
+    pub json: Arc<RawValue>,
+    pub omitted: u64,
+}
+
+/// Renderings of the current generation of counts, one per filter asked.
+#[derive(Default)]
 struct Rendered {
     generation: u64,
-    by_topic: Arc<RawValue>,
+    entries: Vec<(Filter, ByTopicJson)>,
 }
+
+/// Distinct filters kept rendered at once; a burst of queries usually asks
+/// one or two.
+const RENDERED: usize = 8;
 
 /// The node's own figures in the shapes above.
 pub struct Reporter {
     registry: Arc<Registry>,
     started: Instant,
-    rendered: Mutex<Option<Rendered>>,
+    rendered: Mutex<Rendered>,
 }
 
-/// One moment's figures with `connections_by_topic` already rendered.
+/// One moment's totals, and the listing they were taken from.
 pub struct Figures {
     pub listing: Arc<Listing>,
-    pub by_topic: Arc<RawValue>,
     pub connection_count: u64,
     pub stream_count: u64,
     pub socket_count: u64,
@@ -148,7 +278,7 @@ impl Reporter {
         Reporter {
             registry,
             started: Instant::now(),
-            rendered: Mutex::new(None),
+            rendered: Mutex::new(Rendered::default()),
         }
     }
 
@@ -156,27 +286,15 @@ impl Reporter {
         self.registry.node()
     }
 
+    /// Members of `topic` on this node.
+    pub fn count(&self, topic: &str) -> u64 {
+        self.registry.count(topic)
+    }
+
     /// The figures of this moment. The counts are taken from the listing
     /// itself, so one answer always adds up.
     pub fn figures(&self) -> Figures {
         let listing = self.registry.listing();
-        let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        let by_topic = match rendered.as_ref() {
-            Some(r) if r.generation == listing.generation => r.by_topic.clone(),
-            _ => {
-                let json = to_json(&ByTopic {
-                    node: self.node(),
-                    topics: listing.topics.iter(),
-                });
-                let by_topic: Arc<RawValue> = Arc::from(raw(json));
-                *rendered = Some(Rendered {
-                    generation: listing.generation,
-                    by_topic: by_topic.clone(),
-                });
-                by_topic
-            }
-        };
-        drop(rendered);
         let stream_count = listing
             .topics
             .binary_search_by(|(t, _)| (**t).cmp(crate::topics::STREAM))
@@ -186,26 +304,67 @@ impl Reporter {
             stream_count,
             socket_count: self.registry.sockets(),
             listing,
-            by_topic,
         }
     }
 
+    /// `connections_by_topic` of `figures` under `filter`, rendered once
+    /// per change of the counts and filter.
+    pub fn by_topic(&self, figures: &Figures, filter: &Filter) -> ByTopicJson {
+        let generation = figures.listing.generation;
+        let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        if rendered.generation != generation {
+            *rendered = Rendered {
+                generation,
+                entries: Vec::new(),
+            };
+        }
+        if let Some((_, hit)) = rendered.entries.iter().find(|(f, _)| f == filter) {
+            return hit.clone();
+        }
+        let topics = &figures.listing.topics;
+        // The listing is sorted by name: a prefix is one contiguous run.
+        let run = match filter.prefix.as_deref() {
+            None => &topics[..],
+            Some(p) => {
+                let start = topics.partition_point(|(t, _)| &**t < p);
+                let len = topics[start..].partition_point(|(t, _)| t.starts_with(p));
+                &topics[start..start + len]
+            }
+        };
+        let (kept, omitted) = filter.apply(run.iter().collect(), |(t, n)| (&**t, *n));
+        let json = to_json(&ByTopic {
+            node: self.node(),
+            topics: kept.into_iter(),
+        });
+        let entry = ByTopicJson {
+            json: Arc::from(raw(json)),
+            omitted,
+        };
+        if rendered.entries.len() >= RENDERED {
+            rendered.entries.remove(0);
+        }
+        rendered.entries.push((filter.clone(), entry.clone()));
+        entry
+    }
+
     /// LocalStats as JSON text.
-    pub fn local(&self) -> String {
+    pub fn local(&self, filter: &Filter) -> String {
         let f = self.figures();
+        let by_topic = self.by_topic(&f, filter);
         to_json(&LocalStats {
             node: self.node(),
             connection_count: f.connection_count,
             stream_count: f.stream_count,
             socket_count: f.socket_count,
-            connections_by_topic: &f.by_topic,
+            connections_by_topic: &by_topic.json,
+            topics_omitted: by_topic.omitted,
             timestamp: timestamp(),
         })
     }
 
-    /// The `get_monitoring` reply.
-    pub fn monitoring(&self) -> String {
-        let local = raw(self.local());
+    /// The `get_monitoring` reply (and the `monitoring` of `initial_stats`).
+    pub fn monitoring(&self, filter: &Filter) -> String {
+        let local = raw(self.local(filter));
         to_json(&Monitoring {
             websocket_connections: &local,
             node: self.node(),
@@ -217,8 +376,9 @@ impl Reporter {
 
     /// ClusterStats made of this node's own figures: the single-node form,
     /// or the degraded form (with `error`) when Redis cannot answer.
-    pub fn alone(&self, error: Option<&str>) -> String {
+    pub fn alone(&self, filter: &Filter, error: Option<&str>) -> String {
         let f = self.figures();
+        let by_topic = self.by_topic(&f, filter);
         let me = NodeEntry {
             connection_count: f.connection_count,
             stream_count: f.stream_count,
@@ -229,7 +389,8 @@ impl Reporter {
             connection_count: f.connection_count,
             stream_count: f.stream_count,
             socket_count: f.socket_count,
-            connections_by_topic: &f.by_topic,
+            connections_by_topic: &by_topic.json,
+            topics_omitted: by_topic.omitted,
             nodes: BTreeMap::from([(self.node(), me)]),
             total_connections: f.connection_count,
             cluster_size: 1,
@@ -262,21 +423,92 @@ mod tests {
             occupancy: false,
         };
         let _m = registry.join("patterns:stream", slot.id(), member).unwrap();
-        let parsed: Value = serde_json::from_str(&reporter.local()).unwrap();
+        let all = Filter::default();
+        let parsed: Value = serde_json::from_str(&reporter.local(&all)).unwrap();
         assert_eq!(parsed["connection_count"], 1);
         assert_eq!(parsed["stream_count"], 1);
         assert_eq!(parsed["socket_count"], 1);
         assert_eq!(parsed["connections_by_topic"]["patterns:stream"]["a@h"], 1);
         let ts = parsed["timestamp"].as_str().unwrap();
         assert!(ts.ends_with('Z') && ts.len() == 24);
-        let c: Value = serde_json::from_str(&reporter.alone(Some("down"))).unwrap();
+        assert_eq!(parsed["topics_omitted"], 0);
+        let c: Value = serde_json::from_str(&reporter.alone(&all, Some("down"))).unwrap();
         assert_eq!(c["cluster_size"], 1);
         assert_eq!(c["degraded"], true);
         assert_eq!(c["error"], "down");
         assert_eq!(c["nodes"]["a@h"]["connection_count"], 1);
-        let c: Value = serde_json::from_str(&reporter.alone(None)).unwrap();
+        let c: Value = serde_json::from_str(&reporter.alone(&all, None)).unwrap();
         assert!(c.get("error").is_none());
-        let m: Value = serde_json::from_str(&reporter.monitoring()).unwrap();
+        let m: Value = serde_json::from_str(&reporter.monitoring(&all)).unwrap();
         assert_eq!(m["websocket_connections"]["connection_count"], 1);
+    }
+
+    #[test]
+    fn filters_keep_a_prefix_and_the_largest_topics() {
+        let registry = Registry::new("a", 100, false);
+        let reporter = Reporter::new(registry.clone());
+        let mut held = Vec::new();
+        for (topic, n) in [("rooms:a", 1), ("rooms:b", 3), ("rooms:c", 2), ("x", 5)] {
+            for i in 0..n {
+                let member = Member {
+                    outbox: Arc::new(Outbox::new(8)),
+                    vsn: Vsn::V2,
+                    tag: Tag::Plain,
+                    occupancy: false,
+                };
+                held.push(registry.join(topic, i, member).unwrap());
+            }
+        }
+        let answer =
+            |filter: Filter| -> Value { serde_json::from_str(&reporter.local(&filter)).unwrap() };
+        let v = answer(Filter {
+            prefix: Some("rooms:".into()),
+            limit: Some(2),
+        });
+        assert_eq!(v["connection_count"], 11, "totals cover everything");
+        assert_eq!(v["topics_omitted"], 1);
+        let keys: Vec<&String> = v["connections_by_topic"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(keys, ["rooms:b", "rooms:c"], "largest first");
+        let v = answer(Filter::top(1));
+        assert_eq!(
+            v["connections_by_topic"],
+            serde_json::json!({"x": {"a": 5}})
+        );
+        assert_eq!(v["topics_omitted"], 3);
+        let v = answer(Filter {
+            prefix: Some("zzz".into()),
+            limit: None,
+        });
+        assert_eq!(v["connections_by_topic"], serde_json::json!({}));
+        assert_eq!(v["topics_omitted"], 0);
+    }
+
+    #[test]
+    fn bad_filters_are_refused() {
+        let map = |v: Value| v.as_object().cloned().unwrap();
+        assert!(Filter::from_payload(Some(&map(serde_json::json!({"limit": 0})))).is_err());
+        assert!(Filter::from_payload(Some(&map(serde_json::json!({"limit": 100001})))).is_err());
+        assert!(Filter::from_payload(Some(&map(serde_json::json!({"limit": "5"})))).is_err());
+        assert!(Filter::from_payload(Some(&map(serde_json::json!({"prefix": 5})))).is_err());
+        assert_eq!(
+            Filter::from_payload(Some(&map(serde_json::json!({"limit": 7, "prefix": "a"})))),
+            Ok(Filter {
+                prefix: Some("a".into()),
+                limit: Some(7)
+            })
+        );
+        assert_eq!(
+            Filter::from_query(Some("prefix=rooms%3A&limit=3")),
+            Ok(Filter {
+                prefix: Some("rooms:".into()),
+                limit: Some(3)
+            })
+        );
+        assert!(Filter::from_query(Some("limit=x")).is_err());
+        assert_eq!(Filter::from_query(None), Ok(Filter::default()));
     }
 }

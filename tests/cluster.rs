@@ -285,19 +285,22 @@ async fn a_killed_node_drops_out_within_the_node_ttl() {
     })
     .await;
     nodes[2].kill();
-    let gone = wait_for(ttl * 2, "killed node dropped", || async {
-        let v = cluster_stats(nodes[0].addr).await;
-        v["cluster_size"] == 2 && v["nodes"].get("n3").is_none() && v["stream_count"] == 0
-    })
-    .await;
-    println!("SIGKILLed node gone after {gone:?} (ttl {ttl:?})");
-    // 50 ms of slack for the polling itself.
-    assert!(
-        gone <= ttl + Duration::from_millis(50),
-        "gone after {gone:?}"
-    );
-    let v = cluster_stats(nodes[1].addr).await;
-    assert_eq!(v["cluster_size"], 2, "{v}");
+    let killed = Instant::now();
+    // Each node keeps its own view: each must drop n3 within the TTL.
+    for node in &nodes[..2] {
+        wait_for(ttl * 2, "killed node dropped", || async {
+            let v = cluster_stats(node.addr).await;
+            v["cluster_size"] == 2 && v["nodes"].get("n3").is_none() && v["stream_count"] == 0
+        })
+        .await;
+        let gone = killed.elapsed();
+        println!("SIGKILLed node gone after {gone:?} (ttl {ttl:?})");
+        // 50 ms of slack for the polling itself.
+        assert!(
+            gone <= ttl + Duration::from_millis(50),
+            "gone after {gone:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,13 +466,17 @@ async fn a_redis_slower_than_500ms_gives_degraded_answers_within_1s() {
         let r = Redis::cmd_on(port, &["DEBUG", "SLEEP", "1.5"]);
         assert_eq!(r, "OK");
     });
-    std::thread::sleep(Duration::from_millis(100));
-    let t = Instant::now();
-    let v = cluster_stats(nodes[0].addr).await;
-    let took = t.elapsed();
-    assert!(took < Duration::from_secs(1), "query took {took:?}");
-    assert_eq!(v["degraded"], true, "{v}");
-    assert_eq!(v["source"], "local", "{v}");
+    // Answers come from memory and never wait on Redis; the node notices
+    // that Redis stopped answering within a second, and says so.
+    let slow = Instant::now();
+    wait_for(Duration::from_secs(1), "degraded answers", || async {
+        let t = Instant::now();
+        let v = cluster_stats(nodes[0].addr).await;
+        assert!(t.elapsed() < Duration::from_millis(500), "a query waited");
+        v["degraded"] == true && v["source"] == "local"
+    })
+    .await;
+    assert!(slow.elapsed() < Duration::from_secs(1));
     let _ = sleeper.join();
     wait_for(Duration::from_secs(2), "degraded cleared", || async {
         cluster_stats(nodes[0].addr).await["degraded"] == false
@@ -647,7 +654,12 @@ async fn a_node_started_while_redis_is_down_serves_and_joins_when_redis_comes() 
         },
     )
     .await;
-    assert_eq!(redis.cmd(&["HGET", "headcount:{early}:meta", "s"]), "1");
+    // A write that was waiting for Redis may land first with older
+    // figures; the next one (≤ 100 ms later) has the join.
+    wait_for(Duration::from_secs(2), "figures in redis", || async {
+        redis.cmd(&["HGET", "headcount:{early}:meta", "s"]) == "1"
+    })
+    .await;
     wait_subscribed(&redis, "headcount", 1).await;
 }
 

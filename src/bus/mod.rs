@@ -37,6 +37,24 @@ pub const MAX_BATCH: usize = 1000;
 /// counted) rather than held in memory while Redis is away.
 pub const RELAY_QUEUE: usize = 4096;
 
+/// Push events the protocol gives a meaning to (SPEC §4.4): a raw broadcast
+/// of one would make clients act on it (phoenix.js closes a channel on
+/// `phx_close`), so neither members nor producers may send them.
+pub fn reserved(event: &str) -> bool {
+    event.starts_with("phx_")
+        || matches!(
+            event,
+            "presence_state"
+                | "presence_diff"
+                | "occupancy"
+                | "stats_update"
+                | "stats_changed"
+                | "local_stats"
+                | "cluster_stats"
+                | "initial_stats"
+        )
+}
+
 /// A push ready for subscribers: where it goes, its event name and payload.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {

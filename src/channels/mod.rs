@@ -3,21 +3,26 @@
 //! over the serving side's context; the session owns the memberships.
 
 mod generic;
+mod occupancy;
 pub mod stats;
 mod stream;
 mod vsm;
+
+pub use occupancy::run as run_occupancy;
+
+/// The topics of an occupancy query (1..=100 strings), for HTTP too.
+pub fn occupancy_topics(list: &Value) -> Option<Vec<String>> {
+    occupancy::topics(Some(list))
+}
 
 use crate::context::Ctx;
 use crate::metrics::JoinRejection;
 use crate::protocol::{reason, Payload};
 use crate::registry::Tag;
-use crate::stats::to_json;
+use crate::stats::{to_json, Filter};
 use crate::topics::{STATS, STREAM, VSM};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Channel {
@@ -44,22 +49,45 @@ pub struct Refusal {
     pub metric: JoinRejection,
 }
 
-/// Reads join params; the tag tells the hub what this member wants.
-pub fn join(channel: Channel, params: &Map<String, Value>) -> Result<Tag, Refusal> {
-    match channel {
-        Channel::Stats => Ok(stats::join(params)),
-        Channel::Vsm => vsm::join(params),
-        Channel::Stream | Channel::Generic => Ok(Tag::Plain),
-    }
+/// What a joiner asked for in its params.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wants {
+    /// Tells the registry which of the channel's pushes this member gets.
+    pub tag: Tag,
+    /// `occupancy: true`: live `occupancy` pushes of the topic (§7.1).
+    pub occupancy: bool,
+}
+
+/// Reads join params.
+pub fn join(channel: Channel, params: &Map<String, Value>) -> Result<Wants, Refusal> {
+    let tag = match channel {
+        Channel::Stats => stats::join(params),
+        Channel::Vsm => vsm::join(params)?,
+        Channel::Stream | Channel::Generic => Tag::Plain,
+    };
+    Ok(Wants {
+        tag,
+        occupancy: params.get("occupancy") == Some(&Value::Bool(true)),
+    })
 }
 
 /// Pushes the joiner gets right after its `ok` reply.
-pub fn after_join(ctx: &Ctx, channel: Channel) -> Option<(&'static str, String)> {
+pub fn after_join(
+    ctx: &Ctx,
+    channel: Channel,
+    topic: &str,
+    wants: Wants,
+) -> Vec<(&'static str, String)> {
+    let mut pushes = Vec::new();
     match channel {
-        Channel::Stats => Some(("stats_update", stats::update_payload(ctx))),
-        Channel::Stream => Some(("initial_stats", stream::initial_stats(ctx))),
-        Channel::Vsm | Channel::Generic => None,
+        Channel::Stats => pushes.push(("stats_update", stats::update_payload(ctx))),
+        Channel::Stream => pushes.push(("initial_stats", stream::initial_stats(ctx))),
+        Channel::Vsm | Channel::Generic => {}
     }
+    if wants.occupancy {
+        pushes.push(("occupancy", occupancy::payload(ctx, topic)));
+    }
+    pushes
 }
 
 /// A reply, plus a push of the same result for clients that listen for events.
@@ -87,38 +115,24 @@ impl Answer {
     }
 }
 
-pub type Deferred = Pin<Box<dyn Future<Output = Answer> + Send>>;
-
-pub enum Handled {
-    Now(Answer),
-    /// The answer needs I/O (cluster stats on Redis); the session sends it
-    /// when it is ready, without waiting.
-    Later(Deferred),
-}
-
 /// Answers one event on a joined channel.
-pub fn handle(
-    ctx: &Arc<Ctx>,
-    channel: Channel,
-    topic: &str,
-    event: &str,
-    payload: &Payload,
-) -> Handled {
-    match event {
-        "get_connection_stats" => return Handled::Now(Answer::ok(ctx.reporter.local())),
-        "get_monitoring" => return Handled::Now(Answer::ok(ctx.reporter.monitoring())),
-        _ => {}
-    }
-    let handled = match channel {
-        Channel::Stats => stats::handle(ctx, event),
+pub fn handle(ctx: &Ctx, channel: Channel, topic: &str, event: &str, payload: &Payload) -> Answer {
+    let answer = match event {
+        "get_connection_stats" => Some(filtered(payload, |f| Answer::ok(ctx.reporter.local(f)))),
+        "get_monitoring" => Some(Answer::ok(ctx.reporter.monitoring(&Filter::default()))),
+        "get_occupancy" => Some(occupancy::query(ctx, payload)),
+        _ => None,
+    };
+    let answer = answer.or_else(|| match channel {
+        Channel::Stats => stats::handle(ctx, event, payload),
         Channel::Generic => generic::handle(ctx, topic, event, payload),
         Channel::Stream | Channel::Vsm => None,
-    };
-    handled.unwrap_or_else(|| {
-        Handled::Now(Answer::error(to_json(&UnknownEvent {
+    });
+    answer.unwrap_or_else(|| {
+        Answer::error(to_json(&UnknownEvent {
             reason: "unknown event",
             event,
-        })))
+        }))
     })
 }
 
@@ -126,6 +140,18 @@ pub fn handle(
 struct UnknownEvent<'a> {
     reason: &'static str,
     event: &'a str,
+}
+
+/// Reads the `prefix`/`limit` filters of a stats query (§7.3) and answers
+/// with them, or refuses a bad one.
+pub fn filtered(payload: &Payload, answer: impl FnOnce(&Filter) -> Answer) -> Answer {
+    let params = payload
+        .json()
+        .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+    match Filter::from_payload(params.as_ref().and_then(Value::as_object)) {
+        Ok(filter) => answer(&filter),
+        Err(e) => Answer::error(reason(e.reason())),
+    }
 }
 
 /// Join params as an object (anything else counts as no params).

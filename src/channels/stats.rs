@@ -1,12 +1,14 @@
 //! `patterns:stats`: statistics queries, and the two per-node timers that
 //! feed every member at once: `stats_update` every `--stats-interval-ms`
 //! and, for members that joined with `changes: true`, `stats_changed`
-//! coalesced to at most one per 100 ms. Each is encoded once and fanned out.
+//! coalesced to at most one per 100 ms. Each is encoded once and fanned out,
+//! and carries at most `--stats-topic-limit` topics (§7.3).
 
-use super::{Answer, Handled};
+use super::{filtered, Answer};
 use crate::context::Ctx;
+use crate::protocol::Payload;
 use crate::registry::{Select, Tag};
-use crate::stats::{raw, timestamp, to_json};
+use crate::stats::{raw, timestamp, to_json, Filter};
 use crate::topics::STATS;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -28,40 +30,30 @@ struct StatsUpdate<'a> {
     timestamp: String,
 }
 
+/// What pushes carry: the largest `--stats-topic-limit` topics.
+pub fn push_filter(ctx: &Ctx) -> Filter {
+    Filter::top(ctx.config.stats_topic_limit)
+}
+
 pub fn update_payload(ctx: &Ctx) -> String {
-    let local = raw(ctx.reporter.local());
+    let local = raw(ctx.reporter.local(&push_filter(ctx)));
     to_json(&StatsUpdate {
         connections: &local,
         timestamp: timestamp(),
     })
 }
 
-pub fn handle(ctx: &Arc<Ctx>, event: &str) -> Option<Handled> {
-    match event {
-        "get_local_stats" => Some(Handled::Now(Answer {
-            ok: true,
-            body: ctx.reporter.local(),
-            push: Some("local_stats"),
-        })),
-        "get_cluster_stats" => {
-            if let Some(body) = ctx.cluster.stats_now() {
-                return Some(Handled::Now(Answer {
-                    ok: true,
-                    body,
-                    push: Some("cluster_stats"),
-                }));
-            }
-            let ctx = ctx.clone();
-            Some(Handled::Later(Box::pin(async move {
-                Answer {
-                    ok: true,
-                    body: ctx.cluster.stats().await,
-                    push: Some("cluster_stats"),
-                }
-            })))
-        }
-        _ => None,
-    }
+pub fn handle(ctx: &Ctx, event: &str, payload: &Payload) -> Option<Answer> {
+    let (push, answer): (&'static str, &dyn Fn(&Filter) -> String) = match event {
+        "get_local_stats" => ("local_stats", &|f| ctx.reporter.local(f)),
+        "get_cluster_stats" => ("cluster_stats", &|f| ctx.cluster.stats(f)),
+        _ => return None,
+    };
+    Some(filtered(payload, |f| Answer {
+        ok: true,
+        body: answer(f),
+        push: Some(push),
+    }))
 }
 
 /// One timer per node: `stats_update` to every `patterns:stats` member.
@@ -88,7 +80,7 @@ pub async fn run_changes(ctx: Arc<Ctx>) {
         }
         changes.borrow_and_update();
         if ctx.registry.has_members(STATS, Select::Changes) {
-            let payload = ctx.reporter.local();
+            let payload = ctx.reporter.local(&push_filter(&ctx));
             ctx.registry
                 .publish(STATS, "stats_changed", &payload, Select::Changes);
         }

@@ -14,8 +14,9 @@ struct InitialStats<'a> {
 }
 
 pub fn initial_stats(ctx: &Ctx) -> String {
-    let stats = raw(ctx.reporter.local());
-    let monitoring = raw(ctx.reporter.monitoring());
+    let pushed = super::stats::push_filter(ctx);
+    let stats = raw(ctx.reporter.local(&pushed));
+    let monitoring = raw(ctx.reporter.monitoring(&pushed));
     to_json(&InitialStats {
         stats: &stats,
         monitoring: &monitoring,

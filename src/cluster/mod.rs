@@ -1,23 +1,24 @@
 //! Where cluster-wide figures come from. A single node answers from its own
-//! figures; with `--redis` the Redis backend keeps every node's figures in
-//! Redis and relays bus messages between nodes. The rest of the code asks
-//! `Cluster` and never knows which one runs.
+//! figures; with `--redis` every node keeps a view of every other node in
+//! memory (fed through Redis by the backend), so cluster stats and occupancy
+//! never wait on Redis. The rest of the code asks `Cluster` and never knows
+//! which one runs.
 
-mod figures;
-pub mod keys;
-pub mod redis;
-mod relay;
+mod answers;
+mod keys;
+mod redis;
 pub mod view;
 
 use crate::bus::{Bus, RelayReceiver};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::stats::Reporter;
-use std::sync::Arc;
+use crate::stats::{Filter, Reporter};
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use view::View;
 
-pub use self::redis::{RedisBackend, RedisSettings, RedisSetupError};
+pub use self::redis::{RedisSettings, RedisSetupError};
 
 /// What the Redis backend is built from: the components it uses.
 pub struct Parts {
@@ -30,43 +31,86 @@ pub struct Parts {
 
 pub struct Cluster {
     reporter: Arc<Reporter>,
-    redis: Option<Arc<RedisBackend>>,
+    view: Arc<View>,
+    redis: Option<Arc<redis::RedisBackend>>,
+    rendered: Mutex<answers::Cache>,
 }
 
 impl Cluster {
-    /// A node on its own: cluster stats are its own figures.
+    /// A node on its own: cluster answers are its own figures.
     pub fn single(reporter: Arc<Reporter>) -> Cluster {
         Cluster {
             reporter,
+            view: Arc::new(View::new()),
             redis: None,
+            rendered: Mutex::default(),
         }
     }
 
     /// A node of a cluster sharing one Redis. Nothing waits for Redis here:
     /// the node starts and serves its sockets even while Redis is down.
     pub fn redis(settings: RedisSettings, parts: Parts) -> Result<Cluster, RedisSetupError> {
-        let reporter = parts.reporter.clone();
-        let backend = RedisBackend::new(settings, parts)?;
+        let view = Arc::new(View::new());
+        let backend = redis::RedisBackend::new(
+            settings,
+            redis::Parts {
+                registry: parts.registry,
+                bus: parts.bus,
+                metrics: parts.metrics,
+                view: view.clone(),
+                relay: parts.relay,
+            },
+        )?;
         Ok(Cluster {
-            reporter,
+            reporter: parts.reporter,
+            view,
             redis: Some(Arc::new(backend)),
+            rendered: Mutex::default(),
         })
     }
 
-    /// ClusterStats as JSON text.
-    pub async fn stats(&self) -> String {
+    /// `Err(why)` while cluster answers must be this node's own, degraded;
+    /// `Ok(None)` on a single node; `Ok(Some(view))` when the view holds.
+    fn view(&self) -> Result<Option<&View>, String> {
         match &self.redis {
-            None => self.reporter.alone(None),
-            Some(r) => r.stats().await,
+            None => Ok(None),
+            Some(r) => match r.degraded() {
+                Some(why) => Err(why),
+                None => Ok(Some(&self.view)),
+            },
         }
     }
 
-    /// The answer when no waiting is needed (single node, or Redis known
-    /// to be down).
-    pub fn stats_now(&self) -> Option<String> {
-        match &self.redis {
-            None => Some(self.reporter.alone(None)),
-            Some(r) => r.stats_now(),
+    /// Whether cluster answers are this node's own for now (Redis down, or
+    /// the view catching up).
+    pub fn degraded(&self) -> bool {
+        self.view().is_err()
+    }
+
+    /// ClusterStats as JSON text, from memory.
+    pub fn stats(&self, filter: &Filter) -> String {
+        match self.view() {
+            Ok(None) => self.reporter.alone(filter, None),
+            Ok(Some(view)) => answers::cluster_stats(&self.reporter, view, &self.rendered, filter),
+            Err(why) => self.reporter.alone(filter, Some(&why)),
+        }
+    }
+
+    /// The `get_occupancy` answer for `topics` (SPEC §7.2), from memory.
+    pub fn occupancy(&self, topics: &[String]) -> String {
+        match self.view() {
+            Ok(view) => answers::occupancy(&self.reporter, view, None, topics),
+            Err(why) => answers::occupancy(&self.reporter, None, Some(&why), topics),
+        }
+    }
+
+    /// `topic`'s cluster-wide count: this node's, plus the other live
+    /// nodes' while the view holds.
+    pub fn connections(&self, topic: &str) -> u64 {
+        let local = self.reporter.count(topic);
+        match self.view() {
+            Ok(Some(view)) => local + view.with_topics(|t| t.total(topic)),
+            _ => local,
         }
     }
 

@@ -1,282 +1,420 @@
-//! What a cluster read returns, parsed from the read script's reply, and the
-//! ClusterStats of SPEC §3.2 built from it. The answering node always puts
-//! its own live figures in place of what Redis holds for it, so its entry is
-//! exact even while its last write is on the way.
+//! Every other live node's figures, held in memory, so cluster stats and
+//! occupancy answer without a Redis round trip. Fed by each node's stream of
+//! deltas (sequence-numbered, one per write batch) and, when a node's stream
+//! has a gap or this node starts or comes back, by that node's snapshot.
+//! A node not heard from for the TTL leaves the view, as a node that says
+//! goodbye does at once.
+//!
+//! Topics are stored once, each with the counts of the nodes that have it
+//! (node slots are small integers), so the view costs a few tens of bytes per
+//! (node, topic) and a node's departure is one walk over the topics.
 
-use crate::stats::{self, ClusterStats, NodeEntry, Reporter};
-use ::redis::Value;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::time::{Duration, Instant};
 
-/// One node's figures as Redis holds them.
+/// A node's totals, as its deltas and snapshots carry them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub connections: u64,
+    pub stream: u64,
+    pub sockets: u64,
+}
+
+/// One node's figures at one point of its sequence: every topic (`full`) or
+/// the topics that changed (absolute counts; 0 = gone).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeFigures {
-    pub name: String,
-    pub connection_count: u64,
-    pub stream_count: u64,
-    pub socket_count: u64,
-    /// Write time, ms on Redis's clock.
-    pub written_at: i64,
+pub struct Delta {
+    pub node: String,
+    /// The writing process: a restarted node starts a new sequence.
+    pub origin: String,
+    pub seq: u64,
+    pub full: bool,
+    pub totals: Totals,
     pub topics: Vec<(String, u64)>,
 }
 
-/// Every live node, as of `now` (ms on Redis's clock).
+/// Why a delta could not be applied: the node's snapshot must be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap;
+
+struct Node {
+    name: Arc<str>,
+    origin: Box<str>,
+    seq: u64,
+    totals: Totals,
+    heard: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    slots: Vec<Option<Node>>,
+    by_name: HashMap<Arc<str>, u16>,
+    /// topic → (node slot, count) for every node that has it.
+    topics: HashMap<Arc<str>, Vec<(u16, u32)>>,
+}
+
+/// A remote node as a query sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterRead {
-    pub now: i64,
-    pub nodes: Vec<NodeFigures>,
+pub struct NodeView {
+    pub name: Arc<str>,
+    pub totals: Totals,
+    pub age_ms: u64,
 }
 
-/// Live nodes and the oldest write, from the census mode of the script.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Census {
-    pub live: u64,
-    pub oldest_age_ms: u64,
+#[derive(Default)]
+pub struct View {
+    inner: RwLock<Inner>,
+    /// Bumped whenever a count in the view changes (not on heartbeats).
+    generation: AtomicU64,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("unexpected reply from redis: {0}")]
-pub struct BadReply(&'static str);
-
-fn int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(n) => Some(*n),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
+impl Inner {
+    fn slot(&mut self, name: &str, origin: &str, now: Instant) -> u16 {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let node = Node {
+            name: Arc::from(name),
+            origin: origin.into(),
+            seq: 0,
+            totals: Totals::default(),
+            heard: now,
+        };
+        let i = match self.slots.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.by_name.insert(node.name.clone(), i as u16);
+        self.slots[i] = Some(node);
+        i as u16
     }
-}
 
-fn count(v: &Value) -> Option<u64> {
-    int(v).and_then(|n| u64::try_from(n).ok())
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn array(v: &Value) -> Option<&[Value]> {
-    match v {
-        Value::Array(items) | Value::Set(items) => Some(items),
-        _ => None,
-    }
-}
-
-impl ClusterRead {
-    /// Parses the `full` mode reply of `keys::READ`.
-    pub fn parse(reply: &Value) -> Result<ClusterRead, BadReply> {
-        let items = array(reply).ok_or(BadReply("not an array"))?;
-        let (first, rest) = items.split_first().ok_or(BadReply("empty"))?;
-        let now = int(first).ok_or(BadReply("no time"))?;
-        let mut nodes = Vec::with_capacity(rest.len());
-        for node in rest {
-            let f = array(node).ok_or(BadReply("node is not an array"))?;
-            let [name, c, s, k, at, topics] = f else {
-                return Err(BadReply("node has the wrong arity"));
-            };
-            let flat = array(topics).ok_or(BadReply("topics are not an array"))?;
-            let mut topics = Vec::with_capacity(flat.len() / 2);
-            for pair in flat.chunks(2) {
-                if let [topic, n] = pair {
-                    let topic = text(topic).ok_or(BadReply("topic is not text"))?;
-                    let n = count(n).ok_or(BadReply("topic count is not a count"))?;
-                    if n > 0 {
-                        topics.push((topic, n));
+    /// Sets `slot`'s count of `topic`; returns whether it changed.
+    fn set(&mut self, slot: u16, topic: &str, n: u64) -> bool {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        match self.topics.get_mut(topic) {
+            Some(counts) => {
+                let at = counts.iter().position(|(s, _)| *s == slot);
+                match (at, n) {
+                    (Some(i), 0) => {
+                        counts.swap_remove(i);
+                        if counts.is_empty() {
+                            self.topics.remove(topic);
+                        }
+                        true
+                    }
+                    (Some(i), n) => std::mem::replace(&mut counts[i].1, n) != n,
+                    (None, 0) => false,
+                    (None, n) => {
+                        counts.push((slot, n));
+                        true
                     }
                 }
             }
-            nodes.push(NodeFigures {
-                name: text(name).ok_or(BadReply("node name is not text"))?,
-                connection_count: count(c).ok_or(BadReply("bad connection count"))?,
-                stream_count: count(s).ok_or(BadReply("bad stream count"))?,
-                socket_count: count(k).ok_or(BadReply("bad socket count"))?,
-                written_at: int(at).ok_or(BadReply("bad write time"))?,
-                topics,
-            });
-        }
-        Ok(ClusterRead { now, nodes })
-    }
-}
-
-impl Census {
-    /// Parses the `census` mode reply of `keys::READ`.
-    pub fn parse(reply: &Value) -> Result<Census, BadReply> {
-        match array(reply) {
-            Some([now, live, oldest]) => {
-                let now = int(now).ok_or(BadReply("no time"))?;
-                let oldest = int(oldest).ok_or(BadReply("no oldest"))?;
-                Ok(Census {
-                    live: count(live).ok_or(BadReply("no live count"))?,
-                    oldest_age_ms: u64::try_from(now - oldest).unwrap_or(0),
-                })
+            None if n == 0 => false,
+            None => {
+                self.topics.insert(Arc::from(topic), vec![(slot, n)]);
+                true
             }
-            _ => Err(BadReply("census has the wrong shape")),
         }
+    }
+
+    /// Drops every count of `slot`; returns the topics and counts dropped.
+    fn clear(&mut self, slot: u16) -> Vec<(Arc<str>, u32)> {
+        let mut dropped = Vec::new();
+        self.topics.retain(|topic, counts| {
+            if let Some(i) = counts.iter().position(|(s, _)| *s == slot) {
+                dropped.push((topic.clone(), counts.swap_remove(i).1));
+            }
+            !counts.is_empty()
+        });
+        dropped
+    }
+
+    fn remove(&mut self, slot: u16) -> Vec<Arc<str>> {
+        let changed = self.clear(slot).into_iter().map(|(t, _)| t).collect();
+        if let Some(node) = self.slots[usize::from(slot)].take() {
+            self.by_name.remove(&node.name);
+        }
+        changed
     }
 }
 
-/// ClusterStats from a read, with this node's own figures taken live from
-/// its tally. Also returns the census of the answer (for the metrics).
-pub fn cluster_json(reporter: &Reporter, read: &ClusterRead) -> (String, Census) {
-    let me = reporter.node();
-    let local = reporter.figures();
-    let mut by_topic: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
-    let mut nodes = BTreeMap::new();
-    let (mut c, mut s, mut k) = (0, 0, 0);
-    let mut oldest = 0;
-    for n in read.nodes.iter().filter(|n| n.name != me) {
-        for (topic, count) in &n.topics {
-            by_topic
-                .entry(topic.as_str())
-                .or_default()
-                .insert(n.name.as_str(), *count);
+impl View {
+    pub fn new() -> View {
+        View::default()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // Every write leaves the view consistent, so a poisoned lock still
+        // holds true figures.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self, changed: &[Arc<str>], totals_changed: bool) {
+        if !changed.is_empty() || totals_changed {
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
-        let age_ms = u64::try_from(read.now - n.written_at).unwrap_or(0);
-        oldest = oldest.max(age_ms);
-        c += n.connection_count;
-        s += n.stream_count;
-        k += n.socket_count;
-        nodes.insert(
-            n.name.as_str(),
-            NodeEntry {
-                connection_count: n.connection_count,
-                stream_count: n.stream_count,
-                socket_count: n.socket_count,
-                age_ms,
-            },
-        );
     }
-    let mine = NodeEntry {
-        connection_count: local.connection_count,
-        stream_count: local.stream_count,
-        socket_count: local.socket_count,
-        age_ms: 0,
-    };
-    for (topic, count) in &local.listing.topics {
-        by_topic.entry(topic).or_default().insert(me, *count);
+
+    /// Applies the next delta of a node's stream. A full delta replaces what
+    /// the view holds for the node; a partial one must follow the last
+    /// applied one of the same process, or the view has missed something
+    /// (`Gap`). Returns the topics whose counts changed.
+    pub fn apply(&self, delta: &Delta, now: Instant) -> Result<Vec<Arc<str>>, Gap> {
+        let mut inner = self.write();
+        let known = inner.by_name.get(delta.node.as_str()).copied();
+        let follows = known
+            .and_then(|i| inner.slots[usize::from(i)].as_ref())
+            .is_some_and(|n| *n.origin == *delta.origin && delta.seq == n.seq + 1);
+        if !delta.full && !follows {
+            return Err(Gap);
+        }
+        let slot = inner.slot(&delta.node, &delta.origin, now);
+        let mut changed = Vec::new();
+        if delta.full {
+            let mut before: HashMap<Arc<str>, u32> = inner.clear(slot).into_iter().collect();
+            for (topic, n) in &delta.topics {
+                inner.set(slot, topic, *n);
+                let now_n = u32::try_from(*n).unwrap_or(u32::MAX);
+                if before.remove(topic.as_str()).unwrap_or(0) != now_n {
+                    changed.push(Arc::from(topic.as_str()));
+                }
+            }
+            changed.extend(before.into_keys());
+        } else {
+            for (topic, n) in &delta.topics {
+                if inner.set(slot, topic, *n) {
+                    changed.push(Arc::from(topic.as_str()));
+                }
+            }
+        }
+        let Some(node) = inner.slots[usize::from(slot)].as_mut() else {
+            return Ok(changed);
+        };
+        let totals_changed = node.totals != delta.totals;
+        node.origin = delta.origin.as_str().into();
+        node.seq = delta.seq;
+        node.totals = delta.totals;
+        node.heard = now;
+        drop(inner);
+        self.bump(&changed, totals_changed);
+        Ok(changed)
     }
-    c += mine.connection_count;
-    s += mine.stream_count;
-    k += mine.socket_count;
-    nodes.insert(me, mine);
-    let census = Census {
-        live: nodes.len() as u64,
-        oldest_age_ms: oldest,
-    };
-    let by_topic = stats::raw(stats::to_json(&by_topic));
-    let answer = ClusterStats {
-        connection_count: c,
-        stream_count: s,
-        socket_count: k,
-        connections_by_topic: &by_topic,
-        cluster_size: nodes.len(),
-        nodes,
-        total_connections: c,
-        source: "cluster",
-        degraded: false,
-        error: None,
-        node: me,
-        timestamp: stats::timestamp(),
-    };
-    (stats::to_json(&answer), census)
+
+    /// Takes a node out (it said goodbye, or its snapshot is gone); returns
+    /// the topics whose counts changed.
+    pub fn remove(&self, node: &str) -> Vec<Arc<str>> {
+        let mut inner = self.write();
+        let Some(&slot) = inner.by_name.get(node) else {
+            return Vec::new();
+        };
+        let changed = inner.remove(slot);
+        drop(inner);
+        self.bump(&changed, true);
+        changed
+    }
+
+    /// Takes out every node not heard from within `ttl`; returns their
+    /// names and the topics whose counts changed.
+    pub fn expire(&self, ttl: Duration, now: Instant) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        let stale: Vec<u16> = {
+            let inner = self.read();
+            inner
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| {
+                    n.as_ref()
+                        .filter(|n| now.saturating_duration_since(n.heard) > ttl)
+                        .map(|_| i as u16)
+                })
+                .collect()
+        };
+        if stale.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let mut inner = self.write();
+        let mut names = Vec::new();
+        let mut changed = Vec::new();
+        for slot in stale {
+            if let Some(node) = inner.slots[usize::from(slot)].as_ref() {
+                names.push(node.name.clone());
+            }
+            changed.extend(inner.remove(slot));
+        }
+        drop(inner);
+        self.bump(&changed, true);
+        (names, changed)
+    }
+
+    /// Names of the nodes in the view.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        self.read().by_name.keys().cloned().collect()
+    }
+
+    /// Every remote node, with how long ago it was heard from.
+    pub fn nodes(&self, now: Instant) -> Vec<NodeView> {
+        self.read()
+            .slots
+            .iter()
+            .flatten()
+            .map(|n| NodeView {
+                name: n.name.clone(),
+                totals: n.totals,
+                age_ms: now.saturating_duration_since(n.heard).as_millis() as u64,
+            })
+            .collect()
+    }
+
+    /// `topic`'s count on each remote node that has it.
+    pub fn topic(&self, topic: &str) -> Vec<(Arc<str>, u64)> {
+        let inner = self.read();
+        inner.topics.get(topic).map_or_else(Vec::new, |counts| {
+            counts
+                .iter()
+                .filter_map(|(slot, n)| {
+                    let node = inner.slots[usize::from(*slot)].as_ref()?;
+                    Some((node.name.clone(), u64::from(*n)))
+                })
+                .collect()
+        })
+    }
+
+    /// Calls `f` with every remote topic, its remote total, and a way to list
+    /// its per-node counts, under one read of the view.
+    pub fn with_topics<R>(&self, f: impl FnOnce(&TopicsRef<'_>) -> R) -> R {
+        let inner = self.read();
+        f(&TopicsRef { inner: &inner })
+    }
+}
+
+/// The view's topics under one read lock.
+pub struct TopicsRef<'a> {
+    inner: &'a Inner,
+}
+
+impl TopicsRef<'_> {
+    /// Every remote topic and its total over the remote nodes.
+    pub fn totals(&self) -> impl Iterator<Item = (&Arc<str>, u64)> + '_ {
+        self.inner
+            .topics
+            .iter()
+            .map(|(t, counts)| (t, counts.iter().map(|(_, n)| u64::from(*n)).sum()))
+    }
+
+    /// The remote total of one topic.
+    pub fn total(&self, topic: &str) -> u64 {
+        self.inner
+            .topics
+            .get(topic)
+            .map_or(0, |c| c.iter().map(|(_, n)| u64::from(*n)).sum())
+    }
+
+    /// `topic`'s count on each remote node that has it.
+    pub fn per_node(&self, topic: &str) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.inner
+            .topics
+            .get(topic)
+            .into_iter()
+            .flatten()
+            .filter_map(|(slot, n)| {
+                let node = self.inner.slots[usize::from(*slot)].as_ref()?;
+                Some((&*node.name, u64::from(*n)))
+            })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
+    fn delta(node: &str, seq: u64, full: bool, topics: &[(&str, u64)]) -> Delta {
+        Delta {
+            node: node.into(),
+            origin: format!("{node}/1"),
+            seq,
+            full,
+            totals: Totals {
+                connections: topics.iter().map(|(_, n)| n).sum(),
+                stream: 0,
+                sockets: 1,
+            },
+            topics: topics.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+        }
+    }
+
+    fn sorted(mut v: Vec<Arc<str>>) -> Vec<String> {
+        v.sort();
+        v.into_iter().map(|t| t.to_string()).collect()
     }
 
     #[test]
-    fn merges_other_nodes_with_live_local_figures() {
-        let registry = crate::registry::Registry::new("a", 100, false);
-        let reporter = Reporter::new(registry.clone());
-        let slot = registry.try_open_socket(10).unwrap();
-        let member = || crate::registry::Member {
-            outbox: std::sync::Arc::new(crate::outbox::Outbox::new(8)),
-            vsn: crate::protocol::Vsn::V2,
-            tag: crate::registry::Tag::Plain,
-            occupancy: false,
-        };
-        let _m1 = registry
-            .join("patterns:stream", slot.id(), member())
+    fn deltas_in_sequence_apply_and_a_gap_asks_for_the_snapshot() {
+        let view = View::new();
+        let now = Instant::now();
+        assert_eq!(
+            view.apply(&delta("b", 5, false, &[("x", 1)]), now),
+            Err(Gap)
+        );
+        let changed = view
+            .apply(&delta("b", 1, true, &[("x", 2), ("y", 1)]), now)
             .unwrap();
-        let _m2 = registry.join("rooms:x", slot.id(), member()).unwrap();
-        let reply = Value::Array(vec![
-            Value::Int(10_000),
-            Value::Array(vec![
-                bulk("b"),
-                bulk("3"),
-                bulk("2"),
-                bulk("2"),
-                bulk("9960"),
-                Value::Array(vec![
-                    bulk("patterns:stream"),
-                    bulk("2"),
-                    bulk("rooms:y"),
-                    bulk("1"),
-                ]),
-            ]),
-            // Redis's stale copy of the answering node is ignored.
-            Value::Array(vec![
-                bulk("a"),
-                bulk("99"),
-                bulk("99"),
-                bulk("99"),
-                bulk("1"),
-                Value::Array(vec![bulk("patterns:stream"), bulk("99")]),
-            ]),
-        ]);
-        let read = ClusterRead::parse(&reply).unwrap();
-        let (json, census) = cluster_json(&reporter, &read);
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["connection_count"], 5);
-        assert_eq!(v["total_connections"], 5);
-        assert_eq!(v["stream_count"], 3);
-        assert_eq!(v["socket_count"], 3);
-        assert_eq!(v["cluster_size"], 2);
-        assert_eq!(v["source"], "cluster");
-        assert_eq!(v["degraded"], false);
-        assert_eq!(v["node"], "a");
+        assert_eq!(sorted(changed), ["x", "y"]);
+        let g = view.generation();
+        assert_eq!(view.topic("x"), vec![(Arc::from("b"), 2)]);
+        let changed = view
+            .apply(&delta("b", 2, false, &[("x", 0), ("z", 4)]), now)
+            .unwrap();
+        assert_eq!(sorted(changed), ["x", "z"]);
+        assert!(view.generation() > g);
+        assert!(view.topic("x").is_empty());
         assert_eq!(
-            v["connections_by_topic"],
-            serde_json::json!({"patterns:stream": {"a": 1, "b": 2}, "rooms:x": {"a": 1}, "rooms:y": {"b": 1}})
+            view.apply(&delta("b", 4, false, &[("z", 1)]), now),
+            Err(Gap)
         );
-        assert_eq!(v["nodes"]["b"]["age_ms"], 40);
-        assert_eq!(v["nodes"]["a"]["age_ms"], 0);
-        assert_eq!(v["nodes"]["a"]["connection_count"], 2);
-        assert_eq!(
-            census,
-            Census {
-                live: 2,
-                oldest_age_ms: 40
-            }
-        );
+        let mut restarted = delta("b", 3, false, &[]);
+        restarted.origin = "b/2".into();
+        assert_eq!(view.apply(&restarted, now), Err(Gap), "a new process");
+        // A heartbeat (no topics, same totals) changes nothing.
+        let g = view.generation();
+        let mut beat = delta("b", 3, false, &[]);
+        beat.totals = view.nodes(now)[0].totals;
+        assert!(view.apply(&beat, now).unwrap().is_empty());
+        assert_eq!(view.generation(), g);
     }
 
     #[test]
-    fn bad_replies_are_errors_not_panics() {
-        assert!(ClusterRead::parse(&Value::Nil).is_err());
-        assert!(ClusterRead::parse(&Value::Array(vec![])).is_err());
-        assert!(ClusterRead::parse(&Value::Array(vec![Value::Int(1), Value::Int(2)])).is_err());
-        assert!(Census::parse(&Value::Array(vec![Value::Int(1)])).is_err());
-        let c = Census::parse(&Value::Array(vec![
-            Value::Int(100),
-            Value::Int(2),
-            Value::Int(70),
-        ]))
-        .unwrap();
-        assert_eq!(
-            c,
-            Census {
-                live: 2,
-                oldest_age_ms: 30
-            }
-        );
+    fn a_full_delta_replaces_and_nodes_leave_by_goodbye_or_silence() {
+        let view = View::new();
+        let t0 = Instant::now();
+        view.apply(&delta("b", 1, true, &[("x", 2), ("y", 1)]), t0)
+            .unwrap();
+        view.apply(&delta("c", 1, true, &[("x", 3)]), t0).unwrap();
+        view.with_topics(|t| assert_eq!(t.total("x"), 5));
+        let changed = view.apply(&delta("b", 9, true, &[("y", 1)]), t0).unwrap();
+        assert_eq!(sorted(changed), ["x"], "y is unchanged");
+        view.with_topics(|t| assert_eq!(t.total("x"), 3));
+        let t1 = t0 + Duration::from_secs(2);
+        view.apply(&delta("c", 2, false, &[]), t1).unwrap();
+        let (gone, changed) = view.expire(Duration::from_secs(1), t1);
+        assert_eq!(gone, vec![Arc::from("b")]);
+        assert_eq!(sorted(changed), ["y"]);
+        assert_eq!(sorted(view.remove("c")), ["x"]);
+        assert!(view.names().is_empty());
+        view.with_topics(|t| assert_eq!(t.totals().count(), 0));
     }
 }

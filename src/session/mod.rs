@@ -4,7 +4,7 @@
 //! the registry counts. The session owns its memberships: when it ends, for
 //! whatever reason, dropping them counts them down.
 
-use crate::channels::{self, Channel, Handled};
+use crate::channels::{self, Channel};
 use crate::context::Ctx;
 use crate::metrics::{FrameRejection, JoinRejection};
 use crate::outbox::{CloseReason, Outbox};
@@ -239,43 +239,16 @@ impl Session {
             return;
         }
         let (channel, join_ref) = (self.joined[i].channel, self.joined[i].join_ref.clone());
-        match channels::handle(&self.ctx, channel, &m.topic, &m.event, &m.payload) {
-            Handled::Now(answer) => {
-                self.reply(
-                    m.join_ref.as_ref(),
-                    &m.reference,
-                    &m.topic,
-                    answer.ok,
-                    &answer.body,
-                );
-                if let Some(event) = answer.push {
-                    self.push(Some(&join_ref), &m.topic, event, &answer.body);
-                }
-            }
-            Handled::Later(work) => {
-                let (outbox, vsn) = (self.outbox.clone(), self.vsn);
-                self.ctx.tasks.spawn(async move {
-                    let answer = work.await;
-                    outbox.push(protocol::encode_reply(
-                        vsn,
-                        m.join_ref.as_ref(),
-                        &m.reference,
-                        &m.topic,
-                        answer.ok,
-                        &answer.body,
-                    ));
-                    if let Some(event) = answer.push {
-                        outbox.push(protocol::encode(
-                            vsn,
-                            Some(&join_ref),
-                            None,
-                            &m.topic,
-                            event,
-                            &answer.body,
-                        ));
-                    }
-                });
-            }
+        let answer = channels::handle(&self.ctx, channel, &m.topic, &m.event, &m.payload);
+        self.reply(
+            m.join_ref.as_ref(),
+            &m.reference,
+            &m.topic,
+            answer.ok,
+            &answer.body,
+        );
+        if let Some(event) = answer.push {
+            self.push(Some(&join_ref), &m.topic, event, &answer.body);
         }
     }
 
@@ -292,8 +265,8 @@ impl Session {
             let old_ref = self.end_membership(i, "rejoin");
             self.push_close(&m.topic, &old_ref);
         }
-        let tag = match channels::params(&m.payload).and_then(|p| channels::join(channel, &p)) {
-            Ok(tag) => tag,
+        let wants = match channels::params(&m.payload).and_then(|p| channels::join(channel, &p)) {
+            Ok(wants) => wants,
             Err(refusal) => {
                 ctx.metrics.join_rejected(refusal.metric);
                 self.refuse(&m, &refusal.reason);
@@ -308,8 +281,8 @@ impl Session {
         let member = Member {
             outbox: self.outbox.clone(),
             vsn: self.vsn,
-            tag,
-            occupancy: false,
+            tag: wants.tag,
+            occupancy: wants.occupancy,
         };
         let membership = match ctx.registry.join(&m.topic, self.slot.id(), member) {
             Ok(membership) => membership,
@@ -327,7 +300,7 @@ impl Session {
             "joined"
         );
         self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
-        if let Some((event, payload)) = channels::after_join(&ctx, channel) {
+        for (event, payload) in channels::after_join(&ctx, channel, &m.topic, wants) {
             self.push(Some(&join_ref), &m.topic, event, &payload);
         }
         if self.joined.len() == self.joined.capacity() {

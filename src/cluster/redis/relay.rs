@@ -8,21 +8,22 @@
 //! `POST /api/events`; each node validates and delivers them locally. Bad
 //! input there is logged and counted, never fatal.
 
-use super::redis::{describe, RedisBackend};
+use super::{describe, RedisBackend};
 use crate::bus::{Delivery, Event, RelayReceiver, MAX_BATCH, MAX_BODY};
 use crate::throttle::Throttle;
-use ::redis::{PushInfo, PushKind, Value};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
 
 /// Most messages in one pipelined batch.
 const BATCH: usize = 256;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
-const SUBSCRIBE_RETRY: Duration = Duration::from_millis(250);
+/// Largest relay message taken from Redis. One message is what one publish
+/// on a node produced: at most `MAX_BATCH` events of a body of at most
+/// `MAX_BODY`, each shaped into up to two deliveries (defaults filled in),
+/// so a few times the body limit.
+const MAX_RELAY_MESSAGE: usize = 4 * MAX_BODY;
 
 /// A unique id for this process's relay messages.
 pub fn origin_id(node: &str) -> String {
@@ -71,8 +72,9 @@ pub async fn publish(redis: Arc<RedisBackend>, mut rx: RelayReceiver) {
                 .ignore();
         }
         let mut conn = redis.conn.clone();
-        let sent = tokio::time::timeout(PUBLISH_TIMEOUT, pipe.exec_async(&mut conn)).await;
         let n = batch.len() as u64;
+        redis.metrics.redis_commands.increment(n);
+        let sent = tokio::time::timeout(PUBLISH_TIMEOUT, pipe.exec_async(&mut conn)).await;
         let failure = match sent {
             Ok(Ok(())) => {
                 redis.metrics.relay_out.increment(n);
@@ -88,63 +90,26 @@ pub async fn publish(redis: Arc<RedisBackend>, mut rx: RelayReceiver) {
     }
 }
 
-/// Subscribes to the relay and events channels (once: the connection
-/// manager resubscribes after every reconnect) and delivers what arrives.
-pub async fn subscribe(redis: Arc<RedisBackend>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
-    let channels = [redis.keys.relay.clone(), redis.keys.events.clone()];
-    let mut logged = false;
-    loop {
-        let mut sub = redis.sub.clone();
-        let attempt = tokio::time::timeout(SUBSCRIBE_TIMEOUT, sub.subscribe(&channels)).await;
-        match attempt {
-            Ok(Ok(())) => break,
-            Ok(Err(e)) if !logged => {
-                tracing::warn!(error = %describe(&e), "cannot subscribe yet; retrying");
-                logged = true;
-            }
-            _ => {}
-        }
-        tokio::time::sleep(SUBSCRIBE_RETRY).await;
+/// A message from another node (or this one's echo, which is skipped),
+/// bounded like HTTP input: anyone who can write to Redis can publish here.
+pub fn from_node(redis: &RedisBackend, body: &[u8]) -> Result<(), String> {
+    if body.len() > MAX_RELAY_MESSAGE {
+        return Err(format!(
+            "relay message of {} bytes (at most {MAX_RELAY_MESSAGE})",
+            body.len()
+        ));
     }
-    tracing::debug!(channels = ?channels, "subscribed");
-    let complaints = Throttle::new();
-    loop {
-        let Some(push) = pushes.recv().await else {
-            return;
-        };
-        receive(&redis, push, &complaints);
-    }
-}
-
-fn receive(redis: &RedisBackend, push: PushInfo, complaints: &Throttle) {
-    if push.kind != PushKind::Message {
-        return;
-    }
-    let [Value::BulkString(channel), Value::BulkString(body)] = push.data.as_slice() else {
-        return;
-    };
-    let outcome = if channel.as_slice() == redis.keys.relay.as_bytes() {
-        from_node(redis, body)
-    } else if channel.as_slice() == redis.keys.events.as_bytes() {
-        from_producer(redis, body)
-    } else {
-        return;
-    };
-    if let Err(why) = outcome {
-        redis.metrics.relay_rejected.increment(1);
-        if let Some(more) = complaints.allow() {
-            let channel = String::from_utf8_lossy(channel);
-            tracing::warn!(%channel, error = %why, suppressed = more, "rejected a message from redis");
-        }
-    }
-}
-
-/// A message from another node (or this one's echo, which is skipped).
-fn from_node(redis: &RedisBackend, body: &[u8]) -> Result<(), String> {
     let message: Incoming =
         serde_json::from_slice(body).map_err(|e| format!("invalid relay message: {e}"))?;
     if message.origin == *redis.origin {
         return Ok(());
+    }
+    if message.deliveries.len() > 2 * MAX_BATCH {
+        return Err(format!(
+            "relay message of {} deliveries (at most {})",
+            message.deliveries.len(),
+            2 * MAX_BATCH
+        ));
     }
     // Payloads are spliced into frames as JSON text: never pass on
     // anything that is not JSON, whoever published it.
@@ -158,7 +123,7 @@ fn from_node(redis: &RedisBackend, body: &[u8]) -> Result<(), String> {
 }
 
 /// Events PUBLISHed on `<prefix>:events`, validated like `POST /api/events`.
-fn from_producer(redis: &RedisBackend, body: &[u8]) -> Result<(), String> {
+pub fn from_producer(redis: &RedisBackend, body: &[u8]) -> Result<(), String> {
     if body.len() > MAX_BODY {
         redis.metrics.events_rejected.increment(1);
         return Err(format!(

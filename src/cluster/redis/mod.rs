@@ -1,0 +1,340 @@
+//! The Redis backend: the connections, what this node knows of Redis's
+//! health, and the tasks that keep the cluster view. This node's snapshot
+//! and deltas are written by `writer.rs`; other nodes' deltas, relayed bus
+//! messages and producer events are received by `listener.rs`, which also
+//! reads snapshots when it has missed something (`sync.rs`); the bus's way
+//! out is `relay.rs`. `wire.rs` is what travels.
+//!
+//! Two connection managers, each reconnecting forever in the background:
+//! one for commands, one (RESP3, automatic resubscription) for pub/sub, so a
+//! burst of relayed messages never delays a write. Every command is bounded
+//! by a timeout, because a manager that reconnects forever would otherwise
+//! hold a command for the whole outage. No query waits on Redis: answers
+//! come from the view, or from this node alone while the view cannot be
+//! trusted.
+
+mod listener;
+mod relay;
+mod sync;
+mod wire;
+mod writer;
+
+use super::keys::Keys;
+use super::view::View;
+use crate::bus::{Bus, RelayReceiver};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::throttle::Throttle;
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Longest one command (a write, a snapshot read) may take before Redis
+/// counts as down.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest graceful shutdown waits to remove this node from Redis.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How often Redis is pinged, so that a Redis slower than 500 ms turns
+/// answers degraded within a second even though no answer waits on it.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSetupError {
+    #[error("bad --redis URL: {0}")]
+    Url(::redis::RedisError),
+    #[error("cannot set up the redis connection: {0}")]
+    Connection(::redis::RedisError),
+}
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+/// Whether Redis works, as last seen by a command.
+pub struct Health {
+    state: AtomicU8,
+    /// When a command last came back, in ms since `since`.
+    answered: AtomicU64,
+    since: Instant,
+    error: Mutex<String>,
+    metrics: Arc<Metrics>,
+    /// Wakes the writer when Redis goes down, so it starts retrying now
+    /// rather than at its next refresh.
+    went_down: tokio::sync::Notify,
+}
+
+impl Health {
+    fn new(metrics: Arc<Metrics>) -> Health {
+        metrics.redis_up.set(0.0);
+        Health {
+            state: AtomicU8::new(UNKNOWN),
+            answered: AtomicU64::new(0),
+            since: Instant::now(),
+            error: Mutex::new("waiting for redis".into()),
+            metrics,
+            went_down: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == UP
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == DOWN
+    }
+
+    pub fn error(&self) -> String {
+        self.lock().clone()
+    }
+
+    /// A command came back.
+    pub fn answered(&self) {
+        let ms = self.since.elapsed().as_millis() as u64;
+        self.answered.fetch_max(ms, Ordering::SeqCst);
+    }
+
+    /// Whether nothing came back from Redis for longer than a command may
+    /// take plus a probe period: Redis is too slow even if no timeout has
+    /// fired yet.
+    fn silent(&self) -> bool {
+        let last = Duration::from_millis(self.answered.load(Ordering::SeqCst));
+        self.since.elapsed().saturating_sub(last) > COMMAND_TIMEOUT + PROBE_EVERY
+    }
+
+    /// Redis answered (and, from the writer, holds this node's snapshot).
+    pub fn up(&self) {
+        self.metrics.redis_up.set(1.0);
+        if self.state.swap(UP, Ordering::SeqCst) == DOWN {
+            tracing::info!("redis is reachable again");
+        }
+    }
+
+    pub fn down(&self, why: &str) {
+        *self.lock() = why.to_owned();
+        self.metrics.redis_up.set(0.0);
+        if self.state.swap(DOWN, Ordering::SeqCst) != DOWN {
+            self.went_down.notify_one();
+            tracing::warn!(error = why, "redis unavailable: cluster answers degraded");
+        }
+    }
+}
+
+/// Short, single-line text for an error from Redis.
+pub fn describe(e: &::redis::RedisError) -> String {
+    let mut s = format!("redis error: {e}");
+    if s.len() > 160 {
+        let mut cut = 160;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s.replace('\n', " ")
+}
+
+/// The settings the Redis backend needs.
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub node: String,
+    pub ttl_ms: u64,
+}
+
+/// What the Redis backend is built from: the components it uses.
+pub struct Parts {
+    pub registry: Arc<Registry>,
+    pub bus: Arc<Bus>,
+    pub metrics: Arc<Metrics>,
+    pub view: Arc<View>,
+    pub relay: RelayReceiver,
+}
+
+pub struct RedisBackend {
+    node: String,
+    keys: Keys,
+    ttl_ms: u64,
+    conn: ConnectionManager,
+    sub: ConnectionManager,
+    /// Tags this process's messages, so it skips its own echo and others
+    /// can tell a restarted node from a running one.
+    origin: Arc<str>,
+    health: Arc<Health>,
+    /// Whether the view holds every live node (subscribed, and every
+    /// snapshot read since the subscription last came up).
+    synced: AtomicBool,
+    metrics: Arc<Metrics>,
+    /// What this node last wrote; held across a write so that `leave` is
+    /// never overtaken by one.
+    written: tokio::sync::Mutex<writer::Written>,
+    complaints: Throttle,
+    registry: Arc<Registry>,
+    bus: Arc<Bus>,
+    view: Arc<View>,
+    /// Taken by `spawn`: the pub/sub pushes and the bus's relay queue.
+    pending: Mutex<Option<(mpsc::UnboundedReceiver<PushInfo>, RelayReceiver)>>,
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    // `usize::MAX` retries: a finite count gives up after a long outage.
+    ConnectionManagerConfig::new()
+        .set_number_of_retries(usize::MAX)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(150))
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+}
+
+impl RedisBackend {
+    /// Sets up the connections without waiting for Redis: a node starts and
+    /// serves its sockets even while Redis is down.
+    pub fn new(settings: RedisSettings, parts: Parts) -> Result<RedisBackend, RedisSetupError> {
+        let info = settings
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(RedisSetupError::Url)?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(resp3);
+        let client = ::redis::Client::open(info).map_err(RedisSetupError::Url)?;
+        let health = Arc::new(Health::new(parts.metrics.clone()));
+        // The command connection hears of a lost connection at once (RESP3),
+        // so the writer retries at once and answers turn degraded at once.
+        let watcher = health.clone();
+        let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+            if push.kind == PushKind::Disconnection {
+                watcher.down("redis connection lost");
+            }
+            Ok(())
+        };
+        let conn = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            manager_config().set_push_sender(on_push),
+        )
+        .map_err(RedisSetupError::Connection)?;
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let sub = ConnectionManager::new_lazy_with_config(
+            client,
+            manager_config()
+                .set_push_sender(push_tx)
+                .set_automatic_resubscription(),
+        )
+        .map_err(RedisSetupError::Connection)?;
+        let backend = RedisBackend {
+            origin: relay::origin_id(&settings.node).into(),
+            keys: Keys::new(&settings.prefix, &settings.node),
+            node: settings.node,
+            ttl_ms: settings.ttl_ms,
+            conn,
+            sub,
+            health,
+            synced: AtomicBool::new(false),
+            metrics: parts.metrics,
+            written: tokio::sync::Mutex::new(writer::Written::default()),
+            complaints: Throttle::new(),
+            registry: parts.registry,
+            bus: parts.bus,
+            view: parts.view,
+            pending: Mutex::new(Some((push_rx, parts.relay))),
+        };
+        Ok(backend)
+    }
+
+    /// Starts the writer, the listener and the relay, each ending when
+    /// `stop` is cancelled.
+    pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker, stop: &CancellationToken) {
+        let taken = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some((pushes, relay)) = taken else {
+            return;
+        };
+        let until_stopped = |task| {
+            tasks.spawn(stop.clone().run_until_cancelled_owned(task));
+        };
+        until_stopped(Box::pin(writer::run(self.clone())) as Task);
+        until_stopped(Box::pin(relay::publish(self.clone(), relay)));
+        until_stopped(Box::pin(listener::run(self.clone(), pushes)));
+        until_stopped(Box::pin(probe(self.clone())));
+    }
+
+    /// Why cluster answers cannot come from the view right now, if they
+    /// cannot: Redis is down, or the view has not caught up since it was.
+    pub fn degraded(&self) -> Option<String> {
+        if !self.health.is_up() {
+            return Some(self.health.error());
+        }
+        if self.health.silent() {
+            return Some("redis slower than 500 ms".into());
+        }
+        if !self.synced.load(Ordering::SeqCst) {
+            return Some("cluster view not in sync with redis yet".into());
+        }
+        None
+    }
+
+    /// Removes this node from Redis at once (graceful shutdown): its
+    /// snapshot, its registry entry, and a goodbye on the view channel so
+    /// every other node drops it now. No write can follow.
+    pub async fn leave(&self) {
+        let mut written = self.written.lock().await;
+        written.left = true;
+        let mut conn = self.conn.clone();
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("DEL")
+            .arg(&self.keys.meta)
+            .arg(&self.keys.topics)
+            .ignore()
+            .cmd("ZREM")
+            .arg(&self.keys.registry)
+            .arg(&self.node)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(&self.keys.view)
+            .arg(wire::goodbye(&self.node, &self.origin))
+            .ignore();
+        self.metrics.redis_commands.increment(3);
+        match tokio::time::timeout(LEAVE_TIMEOUT, pipe.exec_async(&mut conn)).await {
+            Ok(Ok(())) => tracing::info!("removed this node from redis"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %describe(&e), "could not remove this node from redis; it expires by itself")
+            }
+            Err(_) => tracing::warn!(
+                "redis did not answer the goodbye in time; this node expires by itself"
+            ),
+        }
+    }
+}
+
+/// Pings Redis every `PROBE_EVERY`, until the task is dropped.
+async fn probe(redis: Arc<RedisBackend>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let mut conn = redis.conn.clone();
+        redis.metrics.redis_commands.increment(1);
+        let ping = ::redis::cmd("PING");
+        match tokio::time::timeout(COMMAND_TIMEOUT, ping.exec_async(&mut conn)).await {
+            Ok(Ok(())) => redis.health.answered(),
+            Ok(Err(e)) => redis.health.down(&describe(&e)),
+            Err(_) => redis.health.down("redis unreachable or slower than 500 ms"),
+        }
+    }
+}
+
+/// A backend task, boxed so they all start the same way.
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

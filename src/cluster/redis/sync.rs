@@ -1,0 +1,65 @@
+//! Reading other nodes' snapshots, for when the view cannot follow a node's
+//! deltas: at start, after the subscription comes back from an outage, and
+//! when a node's sequence has a gap. A snapshot read is two commands on one
+//! hash slot; a node whose snapshot is gone has left (or expired).
+
+use super::{describe, RedisBackend, COMMAND_TIMEOUT};
+use crate::cluster::keys::Keys;
+use crate::cluster::view::{Delta, Totals};
+use std::collections::HashMap;
+
+/// The names in the registry of nodes.
+pub async fn names(redis: &RedisBackend) -> Result<Vec<String>, String> {
+    let mut conn = redis.conn.clone();
+    let mut cmd = ::redis::cmd("ZRANGE");
+    cmd.arg(&redis.keys.registry).arg(0).arg(-1);
+    redis.metrics.redis_commands.increment(1);
+    let names = tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async::<Vec<String>>(&mut conn))
+        .await
+        .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
+        .map_err(|e| describe(&e))?;
+    redis.health.answered();
+    Ok(names)
+}
+
+/// `node`'s snapshot as a full delta, or `None` when it has none (gone).
+pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Delta>, String> {
+    let (meta_key, topics_key) = Keys::snapshot(&redis.keys.prefix, node);
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("HGETALL")
+        .arg(&meta_key)
+        .cmd("HGETALL")
+        .arg(&topics_key);
+    let mut conn = redis.conn.clone();
+    redis.metrics.redis_commands.increment(2);
+    type Reply = (HashMap<String, String>, HashMap<String, u64>);
+    let (meta, topics): Reply = tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn))
+        .await
+        .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
+        .map_err(|e| describe(&e))?;
+    redis.health.answered();
+    if meta.is_empty() {
+        // Gone: drop it from the registry too, so later starts skip it.
+        let mut cmd = ::redis::cmd("ZREM");
+        cmd.arg(&redis.keys.registry).arg(node);
+        redis.metrics.redis_commands.increment(1);
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT, cmd.exec_async(&mut conn)).await;
+        return Ok(None);
+    }
+    let number = |field: &str| meta.get(field).and_then(|v| v.parse::<u64>().ok());
+    let (Some(c), Some(s), Some(k)) = (number("c"), number("s"), number("k")) else {
+        return Err(format!("the snapshot of node {node:?} is incomplete"));
+    };
+    Ok(Some(Delta {
+        node: node.to_owned(),
+        origin: meta.get("o").cloned().unwrap_or_default(),
+        seq: number("q").unwrap_or(0),
+        full: true,
+        totals: Totals {
+            connections: c,
+            stream: s,
+            sockets: k,
+        },
+        topics: topics.into_iter().filter(|(_, n)| *n > 0).collect(),
+    }))
+}
