@@ -41,47 +41,9 @@ pub const MAX_TOKEN_BYTES: usize = 8192;
 /// The subprotocol prefix phoenix.js uses for its `authToken` option.
 pub const BEARER_PROTOCOL_PREFIX: &str = "base64url.bearer.phx.";
 
-/// `--auth`: whether a socket must, may or need not present a token.
-///
-/// Converts to and from `required`, `optional` and `off` with
-/// [`str::parse`] and [`Mode::as_str`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// No token, or a bad one: HTTP 403.
-    Required,
-    /// No token: anonymous (only `--public-topic` topics). A bad one: 403.
-    Optional,
-    /// Tokens are ignored; every socket may join every topic the server allows.
-    Off,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Required => "required",
-            Mode::Optional => "optional",
-            Mode::Off => "off",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "required" => Ok(Mode::Required),
-            "optional" => Ok(Mode::Optional),
-            "off" => Ok(Mode::Off),
-            other => Err(format!("{other:?} is not one of required, optional, off")),
-        }
-    }
-}
+/// `--auth`: whether a socket must, may or need not present a token (the
+/// setting itself lives with the others).
+pub use crate::config::AuthMode as Mode;
 
 /// Why an upgrade is refused. Every cause maps to one of exactly three
 /// public reasons: the client learns no more than that.
@@ -1153,17 +1115,5 @@ mod tests {
         assert_eq!(reasons, ["missing token", "invalid token", "expired token"]);
         assert_eq!(labels, ["missing_token", "invalid_token", "expired_token"]);
         assert_eq!(AuthFailure::ExpiredToken.to_string(), "expired token");
-    }
-
-    #[test]
-    fn modes_parse_and_print() {
-        for mode in [Mode::Required, Mode::Optional, Mode::Off] {
-            assert_eq!(mode.as_str().parse::<Mode>(), Ok(mode));
-            assert_eq!(mode.to_string(), mode.as_str());
-        }
-        assert!("on"
-            .parse::<Mode>()
-            .unwrap_err()
-            .contains("required, optional, off"));
     }
 }

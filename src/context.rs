@@ -4,6 +4,7 @@
 //! sees this bundle: the registry, the bus and the cluster backend were each
 //! given only what they use.
 
+use crate::auth::{KeyError, Verifier};
 use crate::bus::{relay_channel, Bus};
 use crate::cluster::{Cluster, Parts, RedisSettings, RedisSetupError};
 use crate::config::Config;
@@ -15,6 +16,15 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Why a node could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
+    #[error("auth key: {0}")]
+    Key(#[from] KeyError),
+}
+
 pub struct Ctx {
     pub config: Config,
     pub registry: Arc<Registry>,
@@ -24,6 +34,12 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     /// `--allow-topic`, compiled.
     pub allowed_topics: Globs,
+    /// `--public-topic`, compiled: what anonymous sockets may join.
+    pub public_topics: Globs,
+    /// `--allowed-origins`, compiled; `None`: any origin.
+    pub origins: Option<Globs>,
+    /// Checks tokens when `--auth-secret` or `--auth-public-key` is set.
+    pub auth: Option<Verifier>,
     pub max_connections: u64,
     /// Cancelled when the node starts draining; every task watches it.
     pub stop: CancellationToken,
@@ -33,7 +49,11 @@ pub struct Ctx {
 
 impl Ctx {
     /// Builds the node's components. Nothing here waits on Redis.
-    pub fn assemble(config: Config, max_connections: u64) -> Result<Arc<Ctx>, RedisSetupError> {
+    pub fn assemble(config: Config, max_connections: u64) -> Result<Arc<Ctx>, SetupError> {
+        let auth = Verifier::from_settings(
+            config.auth_secret.as_deref(),
+            config.auth_public_key.as_deref(),
+        )?;
         let metrics = Arc::new(Metrics::with_mode(config.redis.is_some()));
         metrics.set_static(max_connections);
         let registry = Registry::new(&config.node, config.max_topics, config.redis.is_some());
@@ -64,6 +84,10 @@ impl Ctx {
         };
         Ok(Arc::new(Ctx {
             allowed_topics: Globs::new(&config.allow_topic),
+            public_topics: Globs::new(&config.public_topic),
+            origins: (!config.allowed_origins.is_empty())
+                .then(|| Globs::new(&config.allowed_origins)),
+            auth,
             config,
             registry,
             reporter,

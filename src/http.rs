@@ -1,9 +1,12 @@
 //! Everything served over plain HTTP on the node's port: the WebSocket
 //! upgrade, the stats and events API, metrics and health checks.
 
+use crate::auth;
 use crate::bus::{Event, MAX_BATCH, MAX_BODY};
 use crate::context::Ctx;
+use crate::metrics::SocketRefusal;
 use crate::protocol::Vsn;
+use crate::registry::SlotRefusal;
 use crate::stats::Filter;
 use crate::transport::handshake;
 use axum::body::{to_bytes, Body};
@@ -14,6 +17,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
@@ -59,24 +63,75 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// `GET /socket/websocket`: checks `vsn`, capacity and the handshake, answers
-/// 101 and hands the raw TCP stream to a new session task.
+/// The client's address, put into every request by the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// `GET /socket/websocket`: checks `vsn`, the handshake, the origin, the
+/// token and capacity, answers 101 and hands the raw TCP stream to a new
+/// session task.
 async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
     let vsn_param = query_param(req.uri().query(), "vsn");
     let Some(vsn) = Vsn::from_param(vsn_param.as_deref()) else {
         return error(StatusCode::FORBIDDEN, "unsupported vsn (use 1.x or 2.x)");
     };
     if ctx.draining() {
-        ctx.metrics.sockets_refused.increment(1);
+        ctx.metrics.socket_refused(SocketRefusal::Draining);
         return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
     let accept = match handshake::accept(req.headers()) {
         Ok(a) => a,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    let Some(slot) = ctx.registry.try_open_socket(ctx.max_connections) else {
-        ctx.metrics.sockets_refused.increment(1);
-        return error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let allowed = ctx.origins.as_ref().is_none_or(|globs| {
+            origin
+                .to_str()
+                .is_ok_and(|o| globs.matches(o.trim_end_matches('/')))
+        });
+        if !allowed {
+            ctx.metrics.socket_refused(SocketRefusal::Origin);
+            return error(StatusCode::FORBIDDEN, "origin not allowed");
+        }
+    }
+    let identity = match &ctx.auth {
+        None => None,
+        Some(verifier) => {
+            let token = auth::request_token(req.uri().query(), req.headers());
+            match auth::authenticate(
+                verifier,
+                ctx.config.auth,
+                token.as_deref(),
+                auth::unix_now(),
+            ) {
+                Ok(identity) => identity.map(Box::new),
+                Err(failure) => {
+                    ctx.metrics.auth_failed(failure.metric_label());
+                    return error(StatusCode::FORBIDDEN, failure.reason());
+                }
+            }
+        }
+    };
+    let per_ip = match (
+        ctx.config.max_connections_per_ip,
+        req.extensions().get::<Peer>(),
+    ) {
+        (0, _) | (_, None) => None,
+        (max, Some(peer)) => Some((peer.0.ip(), max)),
+    };
+    let slot = match ctx.registry.try_open_socket(ctx.max_connections, per_ip) {
+        Ok(slot) => slot,
+        Err(SlotRefusal::Limit) => {
+            ctx.metrics.socket_refused(SocketRefusal::Limit);
+            return error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        }
+        Err(SlotRefusal::PerIp) => {
+            ctx.metrics.socket_refused(SocketRefusal::PerIp);
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address",
+            );
+        }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let owner = ctx.clone();
@@ -92,12 +147,16 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
                 drop(parts.read_buf);
                 // A fresh task, so the session's future carries nothing of
                 // the handshake.
+                let opening = crate::session::Opening {
+                    vsn,
+                    slot,
+                    identity,
+                };
                 owner.tasks.spawn(crate::session::run(
                     owner.clone(),
                     parts.io.into_inner(),
                     prelude,
-                    vsn,
-                    slot,
+                    opening,
                 ));
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),

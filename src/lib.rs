@@ -23,6 +23,7 @@ mod context;
 mod dashboard;
 mod globs;
 mod http;
+mod limits;
 mod metrics;
 mod outbox;
 mod protocol;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static META: Metadata<'static> = Metadata::new("headcount", Level::INFO, Some("headcount"));
 
-/// Why a join was refused (label `reason`).
+/// Why a join was refused (label `reason`, in `JOIN_REASONS` order).
 #[derive(Clone, Copy, Debug)]
 pub enum JoinRejection {
     UnmatchedTopic,
@@ -21,25 +21,67 @@ pub enum JoinRejection {
     InvalidSubsystem,
     BadPayload,
     TooManyTopics,
+    Unauthorized,
+    RateLimited,
+    MetaTooLarge,
 }
 
-/// Why a frame was refused (label `reason`).
+const JOIN_REASONS: [&str; 8] = [
+    "unmatched_topic",
+    "too_many_channels",
+    "invalid_subsystem",
+    "bad_payload",
+    "too_many_topics",
+    "unauthorized",
+    "rate_limited",
+    "meta_too_large",
+];
+
+/// Why a frame was refused (label `reason`, in `FRAME_REASONS` order).
 #[derive(Clone, Copy, Debug)]
 pub enum FrameRejection {
     Malformed,
     TooLarge,
     InvalidUtf8,
     Protocol,
+    RateLimited,
 }
+
+const FRAME_REASONS: [&str; 5] = [
+    "malformed",
+    "too_large",
+    "invalid_utf8",
+    "protocol_error",
+    "rate_limited",
+];
+
+/// Why an upgrade was refused (label `reason`, in `SOCKET_REASONS` order).
+#[derive(Clone, Copy, Debug)]
+pub enum SocketRefusal {
+    /// At `--max-connections` or out of file descriptors.
+    Limit,
+    Draining,
+    Origin,
+    /// At `--max-connections-per-ip`.
+    PerIp,
+}
+
+const SOCKET_REASONS: [&str; 4] = ["limit", "draining", "origin", "per_ip"];
+
+/// Why a socket's token was refused (in the order of `auth::AuthFailure`).
+const AUTH_REASONS: [&str; 3] = ["missing_token", "invalid_token", "expired_token"];
 
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    join_rejections: [Counter; 5],
-    frame_rejections: [Counter; 4],
+    join_rejections: [Counter; 8],
+    frame_rejections: [Counter; 5],
+    socket_refusals: [Counter; 4],
+    auth_failures: [Counter; 3],
     pub slow_consumer_closes: Counter,
+    pub rate_limit_closes: Counter,
+    pub token_expiries: Counter,
     pub idle_timeouts: Counter,
-    pub sockets_refused: Counter,
     pub events_in: Counter,
     pub events_rejected: Counter,
     pub deliveries: Counter,
@@ -86,58 +128,43 @@ impl Metrics {
                 Gauge::noop()
             }
         };
-        let join_help = "Joins refused, by reason";
-        let frame_help = "Inbound frames refused, by reason";
+        let by_reason = |name: &'static str, help: &'static str, reasons: &[&'static str]| {
+            reasons
+                .iter()
+                .map(|r| counter(name, reason(r), help))
+                .collect::<Vec<_>>()
+        };
         let m = Metrics {
-            join_rejections: [
-                counter(
-                    "headcount_join_rejections_total",
-                    reason("unmatched_topic"),
-                    join_help,
-                ),
-                counter(
-                    "headcount_join_rejections_total",
-                    reason("too_many_channels"),
-                    join_help,
-                ),
-                counter(
-                    "headcount_join_rejections_total",
-                    reason("invalid_subsystem"),
-                    join_help,
-                ),
-                counter(
-                    "headcount_join_rejections_total",
-                    reason("bad_payload"),
-                    join_help,
-                ),
-                counter(
-                    "headcount_join_rejections_total",
-                    reason("too_many_topics"),
-                    join_help,
-                ),
-            ],
-            frame_rejections: [
-                counter(
-                    "headcount_frames_rejected_total",
-                    reason("malformed"),
-                    frame_help,
-                ),
-                counter(
-                    "headcount_frames_rejected_total",
-                    reason("too_large"),
-                    frame_help,
-                ),
-                counter(
-                    "headcount_frames_rejected_total",
-                    reason("invalid_utf8"),
-                    frame_help,
-                ),
-                counter(
-                    "headcount_frames_rejected_total",
-                    reason("protocol_error"),
-                    frame_help,
-                ),
-            ],
+            join_rejections: array(by_reason(
+                "headcount_join_rejections_total",
+                "Joins refused, by reason",
+                &JOIN_REASONS,
+            )),
+            frame_rejections: array(by_reason(
+                "headcount_frames_rejected_total",
+                "Inbound frames refused, by reason",
+                &FRAME_REASONS,
+            )),
+            socket_refusals: array(by_reason(
+                "headcount_sockets_refused_total",
+                "WebSocket upgrades refused, by reason (auth failures have their own counter)",
+                &SOCKET_REASONS,
+            )),
+            auth_failures: array(by_reason(
+                "headcount_auth_failures_total",
+                "WebSocket upgrades refused for their token, by reason",
+                &AUTH_REASONS,
+            )),
+            rate_limit_closes: counter(
+                "headcount_rate_limit_closes_total",
+                vec![],
+                "Sockets closed 1008 for staying over --max-messages-per-second for 10 s",
+            ),
+            token_expiries: counter(
+                "headcount_token_expiry_closes_total",
+                vec![],
+                "Sockets closed 4001 when their token expired",
+            ),
             slow_consumer_closes: counter(
                 "headcount_slow_consumer_closes_total",
                 vec![],
@@ -147,11 +174,6 @@ impl Metrics {
                 "headcount_idle_timeouts_total",
                 vec![],
                 "Sockets closed for sending nothing within the idle timeout",
-            ),
-            sockets_refused: counter(
-                "headcount_sockets_refused_total",
-                vec![],
-                "WebSocket upgrades refused at the connection limit or while draining",
             ),
             events_in: counter(
                 "headcount_bus_events_in_total",
@@ -299,6 +321,17 @@ impl Metrics {
         self.frame_rejections[why as usize].increment(1);
     }
 
+    pub fn socket_refused(&self, why: SocketRefusal) {
+        self.socket_refusals[why as usize].increment(1);
+    }
+
+    /// A token refused; `index` is the failure's place in `AUTH_REASONS`.
+    pub fn auth_failed(&self, label: &str) {
+        if let Some(i) = AUTH_REASONS.iter().position(|r| *r == label) {
+            self.auth_failures[i].increment(1);
+        }
+    }
+
     /// Records a queue depth; the gauge keeps the highest seen.
     pub fn queue_depth(&self, depth: usize) {
         let prev = self.queue_high_water.fetch_max(depth, Ordering::Relaxed);
@@ -356,6 +389,12 @@ impl Metrics {
         gauge("headcount_process_max_fds", vec![]).set(max_fds() as f64);
         sort_families(&self.handle.render())
     }
+}
+
+/// The counters of one family, as the fixed-size array the struct holds.
+fn array<const N: usize>(counters: Vec<Counter>) -> [Counter; N] {
+    let mut it = counters.into_iter();
+    std::array::from_fn(|_| it.next().unwrap_or_else(Counter::noop))
 }
 
 /// Entries of /proc/self/fd (less the one the read itself holds open).

@@ -1,7 +1,8 @@
-//! One socket's bounded outbound queue. Producers (its own session, the hub's
-//! fan-out, the stats timers) `push` encoded frames without waiting; a push
-//! that finds the queue full marks the socket a slow consumer instead of
-//! growing memory. The queue holds no allocation while it is empty.
+//! One socket's bounded outbound queue. Producers (its own session, the
+//! registry's fan-out, the stats timers) `push` encoded frames without
+//! waiting; a push that finds the queue full — in messages or in bytes —
+//! marks the socket a slow consumer instead of growing memory. The queue
+//! holds no allocation while it is empty.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -18,21 +19,26 @@ pub enum CloseReason {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Bytes>,
+    /// Bytes of the frames in `queue`.
+    bytes: usize,
     close: Option<CloseReason>,
 }
 
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
-    capacity: usize,
+    capacity: u32,
+    max_bytes: u32,
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> Outbox {
+    /// At most `capacity` frames and `max_bytes` bytes queued.
+    pub fn new(capacity: usize, max_bytes: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            capacity: capacity.max(1),
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX).max(1),
         }
     }
 
@@ -49,14 +55,18 @@ impl Outbox {
         if state.close.is_some() {
             return false;
         }
-        if state.queue.len() >= self.capacity {
+        let full = state.queue.len() >= self.capacity as usize
+            || state.bytes + frame.len() > self.max_bytes as usize;
+        if full {
             state.close = Some(CloseReason::SlowConsumer);
             state.queue = VecDeque::new();
+            state.bytes = 0;
             drop(state);
             self.notify.notify_one();
             return false;
         }
         let wake = state.queue.is_empty();
+        state.bytes += frame.len();
         state.queue.push_back(frame);
         drop(state);
         if wake {
@@ -78,6 +88,7 @@ impl Outbox {
     /// Takes everything queued, and the close request if there is one.
     pub fn take(&self) -> (VecDeque<Bytes>, Option<CloseReason>) {
         let mut state = self.lock();
+        state.bytes = 0;
         (std::mem::take(&mut state.queue), state.close)
     }
 
@@ -106,7 +117,7 @@ mod tests {
 
     #[test]
     fn full_queue_marks_slow_consumer_and_drops_backlog() {
-        let o = Outbox::new(2);
+        let o = Outbox::new(2, 1000);
         assert!(o.push(Bytes::from_static(b"a")));
         assert!(o.push(Bytes::from_static(b"b")));
         assert!(!o.push(Bytes::from_static(b"c")));
@@ -114,5 +125,17 @@ mod tests {
         assert!(q.is_empty());
         assert_eq!(close, Some(CloseReason::SlowConsumer));
         assert!(!o.push(Bytes::from_static(b"d")));
+    }
+
+    #[test]
+    fn too_many_queued_bytes_is_a_slow_consumer_too() {
+        let o = Outbox::new(100, 10);
+        assert!(o.push(Bytes::from_static(b"12345")));
+        assert!(o.push(Bytes::from_static(b"12345")));
+        let (q, _) = o.take();
+        assert_eq!(q.len(), 2, "taking empties the byte count");
+        assert!(o.push(Bytes::from_static(b"1234567890")));
+        assert!(!o.push(Bytes::from_static(b"1")));
+        assert_eq!(o.take().1, Some(CloseReason::SlowConsumer));
     }
 }

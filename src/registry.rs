@@ -16,6 +16,7 @@ use crate::topics;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{watch, Notify};
@@ -86,6 +87,15 @@ struct Shard {
     watched: HashSet<Arc<str>>,
 }
 
+/// A socket refused by the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefusal {
+    /// `--max-connections` sockets are open.
+    Limit,
+    /// The client's address has `--max-connections-per-ip` open.
+    PerIp,
+}
+
 /// A join refused by the registry itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
@@ -122,6 +132,8 @@ pub struct Registry {
     joins: AtomicU64,
     leaves: AtomicU64,
     next_socket: AtomicU64,
+    /// Open sockets per client address, when that is limited.
+    by_ip: Mutex<HashMap<IpAddr, u64>>,
     /// Bumped on every change of a count; watchers coalesce on it.
     changes: watch::Sender<u64>,
     listing: Mutex<Option<Arc<Listing>>>,
@@ -153,6 +165,7 @@ impl Registry {
             joins: AtomicU64::new(0),
             leaves: AtomicU64::new(0),
             next_socket: AtomicU64::new(1),
+            by_ip: Mutex::default(),
             changes: watch::Sender::new(0),
             listing: Mutex::new(None),
             track_changes,
@@ -317,26 +330,56 @@ impl Registry {
         self.watched.notified().await
     }
 
-    /// Opens a socket slot if fewer than `max` are open.
-    pub fn try_open_socket(self: &Arc<Self>, max: u64) -> Option<SocketSlot> {
+    /// Opens a socket slot if fewer than `max` are open and, with
+    /// `per_ip = Some((ip, n))`, fewer than `n` from `ip`.
+    pub fn try_open_socket(
+        self: &Arc<Self>,
+        max: u64,
+        per_ip: Option<(IpAddr, u64)>,
+    ) -> Result<SocketSlot, SlotRefusal> {
+        if let Some((ip, n)) = per_ip {
+            let mut by_ip = lock(&self.by_ip);
+            let open = by_ip.entry(ip).or_insert(0);
+            if *open >= n {
+                return Err(SlotRefusal::PerIp);
+            }
+            *open += 1;
+        }
+        let slot = SocketSlot {
+            registry: self.clone(),
+            id: self.next_socket.fetch_add(1, Ordering::Relaxed),
+            ip: per_ip.map(|(ip, _)| ip),
+            counted: false,
+        };
+        // Dropping `slot` from here on gives the address's place back.
+        let mut slot = slot;
         let open = self
             .sockets
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()?
+            .map_err(|_| SlotRefusal::Limit)?
             + 1;
+        slot.counted = true;
         self.sockets_peak.fetch_max(open, Ordering::Relaxed);
         self.changed();
-        Some(SocketSlot {
-            registry: self.clone(),
-            id: self.next_socket.fetch_add(1, Ordering::Relaxed),
-        })
+        Ok(slot)
     }
 
-    fn close_socket(&self) {
-        self.sockets.fetch_sub(1, Ordering::SeqCst);
-        self.changed();
+    fn close_socket(&self, slot: &SocketSlot) {
+        if let Some(ip) = slot.ip {
+            let mut by_ip = lock(&self.by_ip);
+            if let Some(open) = by_ip.get_mut(&ip) {
+                *open -= 1;
+                if *open == 0 {
+                    by_ip.remove(&ip);
+                }
+            }
+        }
+        if slot.counted {
+            self.sockets.fetch_sub(1, Ordering::SeqCst);
+            self.changed();
+        }
     }
 
     pub fn sockets(&self) -> u64 {
@@ -468,6 +511,10 @@ impl Drop for Membership {
 pub struct SocketSlot {
     registry: Arc<Registry>,
     id: u64,
+    /// The address counted against `--max-connections-per-ip`, if any.
+    ip: Option<IpAddr>,
+    /// Whether the slot counts in the node's open sockets.
+    counted: bool,
 }
 
 impl SocketSlot {
@@ -478,7 +525,7 @@ impl SocketSlot {
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
-        self.registry.close_socket();
+        self.registry.close_socket(self);
     }
 }
 
@@ -506,7 +553,7 @@ mod tests {
     #[test]
     fn dropping_memberships_counts_down_and_empty_topics_vanish() {
         let r = Registry::new("n@h", 100, false);
-        let o = Arc::new(Outbox::new(8));
+        let o = Arc::new(Outbox::new(8, 1 << 20));
         let a = r
             .join(topics::STREAM, 1, member(&o, Vsn::V2, Tag::Plain))
             .unwrap();
@@ -530,23 +577,39 @@ mod tests {
     }
 
     #[test]
-    fn socket_slots_respect_the_limit_and_get_distinct_ids() {
+    fn socket_slots_respect_the_limits_and_get_distinct_ids() {
         let r = Registry::new("n", 100, false);
-        let a = r.try_open_socket(1).unwrap();
-        assert!(r.try_open_socket(1).is_none());
+        let a = r.try_open_socket(1, None).unwrap();
+        assert_eq!(r.try_open_socket(1, None).err(), Some(SlotRefusal::Limit));
         let first = a.id();
         drop(a);
-        let b = r.try_open_socket(1).unwrap();
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let x = r.try_open_socket(10, Some((ip, 2))).unwrap();
+        let y = r.try_open_socket(10, Some((ip, 2))).unwrap();
+        assert_eq!(
+            r.try_open_socket(10, Some((ip, 2))).err(),
+            Some(SlotRefusal::PerIp)
+        );
+        drop(x);
+        let z = r.try_open_socket(10, Some((ip, 2))).unwrap();
+        // The address's place is given back when the node is full, too.
+        assert_eq!(
+            r.try_open_socket(2, Some((ip, 3))).err(),
+            Some(SlotRefusal::Limit)
+        );
+        drop((y, z));
+        assert!(lock(&r.by_ip).is_empty());
+        let b = r.try_open_socket(1, None).unwrap();
         assert_ne!(b.id(), first);
         drop(b);
         assert_eq!(r.sockets(), 0);
-        assert_eq!(r.take_socket_peak(), (1, 0));
+        assert_eq!(r.take_socket_peak(), (2, 0), "x and y were open at once");
     }
 
     #[test]
     fn a_new_topic_beyond_the_limit_is_refused_but_known_topics_still_join() {
         let r = Registry::new("n", 1, false);
-        let o = Arc::new(Outbox::new(8));
+        let o = Arc::new(Outbox::new(8, 1 << 20));
         let _a = r.join("a", 1, member(&o, Vsn::V2, Tag::Plain)).unwrap();
         assert_eq!(
             r.join("b", 2, member(&o, Vsn::V2, Tag::Plain)).err(),
@@ -561,9 +624,9 @@ mod tests {
     fn publish_encodes_once_per_version_and_filters_subsystems() {
         let r = Registry::new("n", 100, false);
         let (a, b, c) = (
-            Arc::new(Outbox::new(8)),
-            Arc::new(Outbox::new(8)),
-            Arc::new(Outbox::new(8)),
+            Arc::new(Outbox::new(8, 1 << 20)),
+            Arc::new(Outbox::new(8, 1 << 20)),
+            Arc::new(Outbox::new(8, 1 << 20)),
         );
         let vsm = topics::VSM;
         let _ma = r
@@ -588,7 +651,7 @@ mod tests {
     #[test]
     fn changes_are_remembered_for_the_writer_and_watched_topics() {
         let r = Registry::new("n", 100, true);
-        let o = Arc::new(Outbox::new(8));
+        let o = Arc::new(Outbox::new(8, 1 << 20));
         let watcher = Member {
             occupancy: true,
             ..member(&o, Vsn::V2, Tag::Plain)
@@ -612,7 +675,7 @@ mod tests {
     #[test]
     fn listing_is_shared_until_a_count_changes() {
         let r = Registry::new("n", 100, false);
-        let o = Arc::new(Outbox::new(8));
+        let o = Arc::new(Outbox::new(8, 1 << 20));
         let _a = r.join("a", 1, member(&o, Vsn::V2, Tag::Plain)).unwrap();
         let first = r.listing();
         assert!(Arc::ptr_eq(&first, &r.listing()));

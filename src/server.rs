@@ -3,10 +3,13 @@
 //! one accept loop, one task per connection, one shutdown signal.
 
 use crate::bus::Bus;
-use crate::cluster::RedisSetupError;
 use crate::config::Config;
 use crate::context::Ctx;
+use crate::context::SetupError;
+use crate::http::Peer;
+use crate::metrics::SocketRefusal;
 use crate::{channels, http, summary, trim};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::io;
@@ -25,8 +28,9 @@ pub const FD_RESERVE: u64 = 100;
 const DRAIN_LIMIT: Duration = Duration::from_secs(7);
 /// Longest an HTTP connection may take to finish its request at the end.
 const HTTP_LINGER: Duration = Duration::from_secs(1);
-/// Longest a client may take to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a client may take to send a request's headers (§8.4): a silent
+/// or half-open connection cannot hold a node's sockets.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `/readyz` keeps answering 503 after the sockets are gone, so
 /// that a load balancer sees the node draining.
 const DRAIN_GRACE: Duration = Duration::from_millis(300);
@@ -38,7 +42,7 @@ pub enum ServerError {
     #[error("cannot listen on {0}: {1}")]
     Listen(String, io::Error),
     #[error(transparent)]
-    Redis(#[from] RedisSetupError),
+    Setup(#[from] SetupError),
 }
 
 /// A node's periodic work, boxed so the tasks can be started in one way.
@@ -161,16 +165,16 @@ async fn accept_loop(
     let mut last_log: Option<Instant> = None;
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                http.spawn(serve_http(stream, router.clone(), closed.clone()));
+                http.spawn(serve_http(stream, peer, router.clone(), closed.clone()));
             }
             Err(e) if is_out_of_files(&e) => {
                 // Out of descriptors: free the spare, take the waiting
                 // connection and refuse it with a 503, so clients are told
                 // and the loop does not spin on a ready listener.
                 refused_since_log += 1;
-                ctx.metrics.sockets_refused.increment(1);
+                ctx.metrics.socket_refused(SocketRefusal::Limit);
                 if spare.take().is_some() {
                     if let Ok((stream, _)) = listener.accept().await {
                         refuse(stream);
@@ -216,8 +220,17 @@ fn is_out_of_files(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
-async fn serve_http(stream: TcpStream, router: axum::Router, closed: CancellationToken) {
-    let service = hyper_util::service::TowerToHyperService::new(router);
+async fn serve_http(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: axum::Router,
+    closed: CancellationToken,
+) {
+    // Every request carries the client's address (per-address limits).
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
+        tower::ServiceExt::oneshot(router.clone(), req)
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)

@@ -415,9 +415,9 @@ mod tests {
     fn local_and_cluster_shapes_parse_back() {
         let registry = Registry::new("a@h", 100, false);
         let reporter = Reporter::new(registry.clone());
-        let slot = registry.try_open_socket(10).unwrap();
+        let slot = registry.try_open_socket(10, None).unwrap();
         let member = Member {
-            outbox: Arc::new(Outbox::new(8)),
+            outbox: Arc::new(Outbox::new(8, 1 << 20)),
             vsn: Vsn::V2,
             tag: Tag::Plain,
             occupancy: false,
@@ -451,7 +451,7 @@ mod tests {
         for (topic, n) in [("rooms:a", 1), ("rooms:b", 3), ("rooms:c", 2), ("x", 5)] {
             for i in 0..n {
                 let member = Member {
-                    outbox: Arc::new(Outbox::new(8)),
+                    outbox: Arc::new(Outbox::new(8, 1 << 20)),
                     vsn: Vsn::V2,
                     tag: Tag::Plain,
                     occupancy: false,

@@ -69,9 +69,9 @@ mod tests {
         let _guard = tracing::subscriber::set_default(subscriber);
 
         let registry = Registry::new("t@h", 100, false);
-        let slot = registry.try_open_socket(10).unwrap();
+        let slot = registry.try_open_socket(10, None).unwrap();
         let member = || Member {
-            outbox: Arc::new(Outbox::new(8)),
+            outbox: Arc::new(Outbox::new(8, 1 << 20)),
             vsn: Vsn::V2,
             tag: Tag::Plain,
             occupancy: false,

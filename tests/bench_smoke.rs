@@ -32,6 +32,15 @@ fn start_node() -> Node {
             "--allow-topic",
             "bench:*",
             "--client-broadcast",
+            // A load generator sends far more per socket than a client.
+            "--max-messages-per-second",
+            "1000000",
+            "--max-messages-burst",
+            "1000000",
+            "--max-joins-per-second",
+            "1000000",
+            "--max-joins-burst",
+            "1000000",
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -4,8 +4,10 @@
 //! the registry counts. The session owns its memberships: when it ends, for
 //! whatever reason, dropping them counts them down.
 
+use crate::auth::{self, Identity};
 use crate::channels::{self, Channel};
 use crate::context::Ctx;
+use crate::limits::{self, Bucket};
 use crate::metrics::{FrameRejection, JoinRejection};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{self, reason, Inbound, JsonRef, Malformed, Vsn};
@@ -19,6 +21,8 @@ use tokio::time::Instant;
 
 /// Most pings answered per flush; a peer pinging faster gets fewer pongs.
 const MAX_PONGS: usize = 16;
+/// The close code of a socket whose token expired (SPEC §8.1).
+const TOKEN_EXPIRED: u16 = 4001;
 
 /// How the session ends.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +64,14 @@ struct Joined {
     membership: Membership,
 }
 
+/// What the upgrade settled for a new socket.
+pub struct Opening {
+    pub vsn: Vsn,
+    pub slot: SocketSlot,
+    /// Who the socket is, when it presented a token.
+    pub identity: Option<Box<Identity>>,
+}
+
 struct Session {
     ctx: Arc<Ctx>,
     vsn: Vsn,
@@ -69,24 +81,42 @@ struct Session {
     last_seen: Instant,
     end: Option<End>,
     slot: SocketSlot,
+    identity: Option<Box<Identity>>,
+    messages: Bucket,
+    joins: Bucket,
+    /// Since when (µs, `limits::now_us`) inbound messages have been refused
+    /// without a second's break, and when the last was; 0 when not.
+    flooding_since: u64,
+    last_refused: u64,
 }
+
+/// How long a socket may stay over `--max-messages-per-second` before it is
+/// closed.
+const FLOOD_LIMIT_US: u64 = 10_000_000;
 
 /// Runs a socket from just after its 101 response until it is closed.
 /// `prelude` holds bytes the HTTP layer had already read past the handshake.
-pub async fn run<S: Socket>(
-    ctx: Arc<Ctx>,
-    stream: S,
-    mut prelude: Vec<u8>,
-    vsn: Vsn,
-    slot: SocketSlot,
-) {
+pub async fn run<S: Socket>(ctx: Arc<Ctx>, stream: S, mut prelude: Vec<u8>, opening: Opening) {
     let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
     let max_frame = ctx.config.max_frame_bytes;
     let stopped = ctx.stop.clone().cancelled_owned();
     tokio::pin!(stopped);
+    let Opening {
+        vsn,
+        slot,
+        identity,
+    } = opening;
     tracing::debug!(node = %ctx.config.node, socket_id = slot.id(), "socket opened");
+    // The token's `exp` shares the idle timer: whichever comes first.
+    let expires = identity
+        .as_ref()
+        .and_then(|i| i.exp())
+        .map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(auth::unix_now())));
     let mut s = Session {
-        outbox: Arc::new(Outbox::new(ctx.config.outbound_queue)),
+        outbox: Arc::new(Outbox::new(
+            ctx.config.outbound_queue,
+            ctx.config.outbound_queue_bytes,
+        )),
         ctx,
         vsn,
         joined: Vec::new(),
@@ -94,6 +124,11 @@ pub async fn run<S: Socket>(
         last_seen: Instant::now(),
         end: None,
         slot,
+        identity,
+        messages: Bucket::default(),
+        joins: Bucket::default(),
+        flooding_since: 0,
+        last_refused: 0,
     };
     let mut conn = Connection::new(stream);
     if !prelude.is_empty() {
@@ -101,7 +136,11 @@ pub async fn run<S: Socket>(
         s.read_failed(fed.err());
     }
     drop(prelude);
-    let sleep = tokio::time::sleep(idle);
+    let deadline = |last_seen: Instant| {
+        let idle_at = last_seen + idle;
+        expires.map_or(idle_at, |e| e.min(idle_at))
+    };
+    let sleep = tokio::time::sleep_until(deadline(s.last_seen));
     tokio::pin!(sleep);
     loop {
         if s.end.is_none() {
@@ -132,12 +171,15 @@ pub async fn run<S: Socket>(
                 }
             }
             _ = &mut sleep => {
-                let deadline = s.last_seen + idle;
-                if Instant::now() >= deadline {
+                let now = Instant::now();
+                if expires.is_some_and(|e| now >= e) {
+                    s.ctx.metrics.token_expiries.increment(1);
+                    s.end = Some(End::Close(TOKEN_EXPIRED, "token expired"));
+                } else if now >= s.last_seen + idle {
                     s.ctx.metrics.idle_timeouts.increment(1);
                     s.end = Some(End::Close(close::NORMAL, "idle timeout"));
                 } else {
-                    sleep.as_mut().reset(deadline);
+                    sleep.as_mut().reset(deadline(s.last_seen));
                 }
             }
             _ = &mut stopped => s.close_for(CloseReason::Shutdown),
@@ -197,6 +239,20 @@ impl Session {
     }
 
     fn inbound(&mut self, decoded: Result<Inbound, Malformed>) {
+        if !self.within_message_rate() {
+            let (join_ref, reference, topic) = match &decoded {
+                Ok(m) => (m.join_ref.as_ref(), Some(&m.reference), Some(&*m.topic)),
+                Err(bad) => (
+                    bad.join_ref.as_ref(),
+                    bad.reference.as_ref(),
+                    bad.topic.as_deref(),
+                ),
+            };
+            if let (Some(reference), Some(topic)) = (reference, topic) {
+                self.reply(join_ref, reference, topic, false, &reason("rate limited"));
+            }
+            return;
+        }
         match decoded {
             Ok(message) => self.dispatch(message),
             Err(bad) => {
@@ -207,6 +263,34 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Takes one inbound message from the socket's bucket. A socket that
+    /// stays over the limit (refused at least once a second) for 10 s is
+    /// closed with 1008; other sockets never notice.
+    fn within_message_rate(&mut self) -> bool {
+        let config = &self.ctx.config;
+        let now = limits::now_us();
+        if self.messages.take(
+            now,
+            config.max_messages_per_second,
+            config.max_messages_burst,
+        ) {
+            if self.flooding_since != 0 && now - self.last_refused > 1_000_000 {
+                self.flooding_since = 0;
+            }
+            return true;
+        }
+        self.ctx.metrics.frame_rejected(FrameRejection::RateLimited);
+        if self.flooding_since == 0 || now - self.last_refused > 1_000_000 {
+            self.flooding_since = now;
+        }
+        self.last_refused = now;
+        if now - self.flooding_since >= FLOOD_LIMIT_US {
+            self.ctx.metrics.rate_limit_closes.increment(1);
+            self.end = Some(End::Close(close::POLICY, "rate limited"));
+        }
+        false
     }
 
     fn dispatch(&mut self, m: Inbound) {
@@ -260,6 +344,24 @@ impl Session {
             self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, false, &body);
             return;
         };
+        // Refusals that leave everything as it was, an earlier membership
+        // of the topic included.
+        let config = &ctx.config;
+        if !self.joins.take(
+            limits::now_us(),
+            config.max_joins_per_second,
+            config.max_joins_burst,
+        ) {
+            ctx.metrics.join_rejected(JoinRejection::RateLimited);
+            self.refuse(&m, &reason("rate limited"));
+            return;
+        }
+        let identity = self.identity.as_deref();
+        if !auth::may_join(identity, &ctx.public_topics, config.auth, &m.topic) {
+            ctx.metrics.join_rejected(JoinRejection::Unauthorized);
+            self.refuse(&m, &reason("unauthorized"));
+            return;
+        }
         // A second join of the same topic ends the first membership first.
         if let Some(i) = self.position(&m.topic) {
             let old_ref = self.end_membership(i, "rejoin");

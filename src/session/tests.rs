@@ -2,7 +2,7 @@
 //! of a Unix socket pair, a tungstenite client on the other, and tokio's
 //! paused clock, so a 60 s idle timeout takes no real time.
 
-use super::run;
+use super::{run, Opening};
 use crate::config::Config;
 use crate::context::Ctx;
 use crate::protocol::Vsn;
@@ -26,8 +26,16 @@ type Client = WebSocketStream<UnixStream>;
 async fn connect(config: Config) -> (Arc<Ctx>, Client) {
     let ctx = Ctx::assemble(config, 100).expect("a single-node context");
     let (server, client) = UnixStream::pair().expect("a socket pair");
-    let slot = ctx.registry.try_open_socket(100).expect("a socket slot");
-    tokio::spawn(run(ctx.clone(), server, Vec::new(), Vsn::V2, slot));
+    let slot = ctx
+        .registry
+        .try_open_socket(100, None)
+        .expect("a socket slot");
+    let opening = Opening {
+        vsn: Vsn::V2,
+        slot,
+        identity: None,
+    };
+    tokio::spawn(run(ctx.clone(), server, Vec::new(), opening));
     let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
     (ctx, client)
 }

@@ -112,8 +112,12 @@ pub fn from_node(redis: &RedisBackend, body: &[u8]) -> Result<(), String> {
         ));
     }
     // Payloads are spliced into frames as JSON text: never pass on
-    // anything that is not JSON, whoever published it.
+    // anything that is not JSON, whoever published it; nor an event the
+    // protocol gives a meaning to (no node relays one).
     for d in &message.deliveries {
+        if crate::bus::reserved(&d.event) {
+            return Err(format!("relay delivery of reserved event {:?}", d.event));
+        }
         serde_json::from_str::<serde::de::IgnoredAny>(&d.payload)
             .map_err(|e| format!("relay payload for {:?} is not JSON: {e}", d.topic))?;
     }
