@@ -1,7 +1,9 @@
 //! `headcount watch`: a live terminal view of a node's stats. Polls
-//! `/api/stats` (or `/api/stats/cluster`) every interval and redraws the
-//! `stats` table in place with plain ANSI sequences: an alternate screen,
-//! cursor home, clear-to-end. Ctrl-C (SIGINT), SIGTERM or SIGHUP end it with
+//! `/api/stats` (or `/api/stats/cluster`) every interval, asking for only
+//! as many of the largest topics as the terminal has rows (`limit`, SPEC
+//! §7.3; 100 when piped), and redraws the `stats` table in place, with
+//! "… and N more topics" for the rest, using plain ANSI sequences: an
+//! alternate screen, cursor home, clear-to-end. Ctrl-C (SIGINT), SIGTERM or SIGHUP end it with
 //! the terminal restored and exit code 0. When stdout is not a terminal the
 //! frames are printed one after another, without escape sequences.
 
@@ -29,6 +31,17 @@ pub struct WatchArgs {
 
 /// Samples kept for the sparkline.
 const HISTORY: usize = 240;
+
+/// Topics asked for when stdout is not a terminal (no height to fit).
+const PIPED_LIMIT: usize = 100;
+
+/// The `limit` of a poll for a terminal of `rows` rows: no more topics than
+/// could show (each takes at least one row), within what the node takes.
+pub fn topic_limit(rows: usize) -> u32 {
+    u32::try_from(rows)
+        .unwrap_or(u32::MAX)
+        .clamp(1, stats::MAX_LIMIT)
+}
 
 /// What the view shows: the last answer, when it came, and what went wrong
 /// since, if anything.
@@ -224,14 +237,8 @@ pub async fn run(args: &WatchArgs) -> io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut winch = signal(SignalKind::window_change())?;
-    let path = if args.cluster {
-        "/api/stats/cluster"
-    } else {
-        "/api/stats"
-    };
-    let url = format!("{}{path}", args.url.trim_end_matches('/'));
     let mut view = View {
-        url: url.clone(),
+        url: stats::stats_url(&args.url, args.cluster, None, None),
         interval_ms: args.interval_ms,
         ..View::default()
     };
@@ -253,6 +260,12 @@ pub async fn run(args: &WatchArgs) -> io::Result<()> {
             _ = tick.tick() => true,
         };
         if poll {
+            let rows = if tty {
+                terminal_size().map_or(24, |(_, rows)| rows)
+            } else {
+                PIPED_LIMIT
+            };
+            let url = stats::stats_url(&args.url, args.cluster, None, Some(topic_limit(rows)));
             let answer = tokio::select! {
                 _ = int.recv() => break,
                 _ = term.recv() => break,
@@ -309,5 +322,20 @@ mod tests {
         let all = v.lines(200, 100).join("\n");
         assert!(all.contains("! cannot reach x: refused — retrying; figures below are from"));
         assert!(all.contains("connections  3"), "{all}");
+    }
+
+    #[test]
+    fn asks_for_as_many_topics_as_fit_and_says_how_many_more() {
+        assert_eq!(topic_limit(0), 1);
+        assert_eq!(topic_limit(40), 40);
+        assert_eq!(topic_limit(usize::MAX), stats::MAX_LIMIT);
+        let mut v = View::default();
+        v.update(Ok(
+            r#"{"node":"a","connection_count":9,"stream_count":0,"socket_count":9,
+            "connections_by_topic":{"t1":{"a":5}},"topics_omitted":12,"timestamp":"x"}"#
+                .into(),
+        ));
+        let all = v.lines(200, 100).join("\n");
+        assert!(all.contains("… and 12 more topics"), "{all}");
     }
 }
