@@ -10,6 +10,7 @@ use crate::cluster::{Cluster, Parts, RedisSettings, RedisSetupError};
 use crate::config::Config;
 use crate::globs::Globs;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::registry::Registry;
 use crate::stats::Reporter;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub struct Ctx {
     pub config: Config,
     pub registry: Arc<Registry>,
     pub reporter: Arc<Reporter>,
+    pub presence: Arc<Presence>,
     pub bus: Arc<Bus>,
     pub cluster: Cluster,
     pub metrics: Arc<Metrics>,
@@ -58,6 +60,14 @@ impl Ctx {
         metrics.set_static(max_connections);
         let registry = Registry::new(&config.node, config.max_topics, config.redis.is_some());
         let reporter = Arc::new(Reporter::new(registry.clone()));
+        let origin = crate::cluster::origin_id(&config.node);
+        let presence = Presence::new(
+            &config.node,
+            Globs::new(&config.presence_topic),
+            config.presence_max_members,
+            &origin,
+            config.redis.is_some(),
+        );
         let (bus, cluster) = match &config.redis {
             None => {
                 let bus = Bus::new(registry.clone(), metrics.clone(), None);
@@ -68,12 +78,14 @@ impl Ctx {
                 let bus = Arc::new(Bus::new(registry.clone(), metrics.clone(), Some(relay)));
                 let settings = RedisSettings {
                     url: url.clone(),
+                    origin: origin.clone(),
                     prefix: config.redis_prefix.clone(),
                     node: config.node.clone(),
                     ttl_ms: config.node_ttl_ms,
                 };
                 let parts = Parts {
                     registry: registry.clone(),
+                    presence: presence.clone(),
                     reporter: reporter.clone(),
                     bus: bus.clone(),
                     metrics: metrics.clone(),
@@ -91,6 +103,7 @@ impl Ctx {
             config,
             registry,
             reporter,
+            presence,
             bus,
             cluster,
             metrics,

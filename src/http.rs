@@ -29,6 +29,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/api/stats", get(local_stats))
         .route("/api/stats/cluster", get(cluster_stats))
         .route("/api/occupancy", get(occupancy))
+        .route("/api/presence", get(presence_state))
+        .route("/api/presence/stats", get(presence_stats))
         .route("/api/events", post(events))
         .route("/api/broadcast", post(broadcast))
         .route("/metrics", get(metrics))
@@ -192,6 +194,28 @@ async fn cluster_stats(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
     filtered(uri.query(), |f| ctx.cluster.stats(f))
 }
 
+/// The presence topic a `?topic=T` query names: 400 without one, 404 when
+/// it is not a presence topic.
+fn presence_answer(ctx: &Ctx, uri: &Uri, answer: impl FnOnce(&str) -> String) -> Response {
+    match query_param(uri.query(), "topic") {
+        None => error(StatusCode::BAD_REQUEST, "give a topic as ?topic=T"),
+        Some(t) if !ctx.presence.covers(&t) => error(StatusCode::NOT_FOUND, "not a presence topic"),
+        Some(t) => json(StatusCode::OK, answer(&t)),
+    }
+}
+
+/// `GET /api/presence?topic=T` (§9.2): what a joiner gets as `presence_state`.
+async fn presence_state(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
+    presence_answer(&ctx, &uri, |t| ctx.presence.state(t))
+}
+
+/// `GET /api/presence/stats?topic=T` (§9.2).
+async fn presence_stats(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
+    presence_answer(&ctx, &uri, |t| {
+        crate::stats::to_json(&crate::channels::presence::counts(&ctx, t))
+    })
+}
+
 /// `GET /api/occupancy?topic=T&topic=U` (§7.2).
 async fn occupancy(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
     let asked: Vec<serde_json::Value> =
@@ -212,7 +236,7 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ctx.metrics.render(&ctx.registry),
+        ctx.metrics.render(&ctx.registry, &ctx.presence),
     )
         .into_response()
 }

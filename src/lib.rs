@@ -26,6 +26,7 @@ mod http;
 mod limits;
 mod metrics;
 mod outbox;
+mod presence;
 mod protocol;
 mod registry;
 mod server;

@@ -5,6 +5,7 @@
 //! left out on a single node, so an alert on `headcount_redis_up == 0` never
 //! fires where there is no Redis.
 
+use crate::presence::Presence;
 use crate::registry::Registry;
 use crate::topics::BUILTIN;
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
@@ -252,6 +253,11 @@ impl Metrics {
         );
         g("headcount_topics", None, "Topics with at least one member");
         g(
+            "headcount_presence_users",
+            None,
+            "Distinct presence users of each built-in presence topic, cluster-wide",
+        );
+        g(
             "headcount_redis_up",
             None,
             "1 when the Redis connection works (cluster mode)",
@@ -361,7 +367,7 @@ impl Metrics {
 
     /// Prometheus text, with count gauges read from the registry right now,
     /// families sorted by name so the page reads the same on every scrape.
-    pub fn render(&self, registry: &Registry) -> String {
+    pub fn render(&self, registry: &Registry, presence: &Presence) -> String {
         let totals = registry.totals();
         let gauge = |name: &'static str, labels: Vec<Label>| {
             self.recorder
@@ -376,6 +382,11 @@ impl Metrics {
                 vec![Label::new("topic", topic)],
             )
             .set(registry.count(topic) as f64);
+            // Users only for built-ins that keep presence: no unbounded labels.
+            if presence.covers(topic) {
+                gauge("headcount_presence_users", vec![Label::new("topic", topic)])
+                    .set(presence.counts(topic).1 as f64);
+            }
         }
         let counter =
             |name: &'static str| self.recorder.register_counter(&Key::from_name(name), &META);
@@ -448,10 +459,11 @@ mod tests {
     #[test]
     fn single_node_leaves_out_cluster_gauges_and_sorts_families() {
         let registry = Registry::new("n@h", 100, false);
+        let presence = Presence::new("n@h", crate::globs::Globs::default(), 10, "o", false);
         let m = Metrics::with_mode(false);
         m.set_static(42);
         m.redis_up.set(1.0);
-        let text = m.render(&registry);
+        let text = m.render(&registry, &presence);
         assert!(!text.contains("headcount_redis_up"), "{text}");
         assert!(!text.contains("headcount_cluster_nodes"), "{text}");
         assert!(text.contains("headcount_sockets_limit 42\n"), "{text}");
@@ -467,7 +479,7 @@ mod tests {
         let m = Metrics::with_mode(true);
         m.redis_up.set(1.0);
         m.cluster_nodes.set(3.0);
-        let text = m.render(&registry);
+        let text = m.render(&registry, &presence);
         assert!(text.contains("headcount_redis_up 1\n"), "{text}");
         assert!(text.contains("headcount_cluster_nodes 3\n"), "{text}");
     }

@@ -115,6 +115,7 @@ impl Server {
         until_stopped(Box::pin(channels::stats::run_updates(ctx.clone())) as Background);
         until_stopped(Box::pin(channels::stats::run_changes(ctx.clone())));
         until_stopped(Box::pin(channels::run_occupancy(ctx.clone())));
+        until_stopped(Box::pin(channels::run_presence(ctx.clone())));
         until_stopped(Box::pin(summary::run(
             ctx.registry.clone(),
             ctx.config.node.clone(),

@@ -4,11 +4,13 @@
 
 mod generic;
 mod occupancy;
+pub mod presence;
 pub mod stats;
 mod stream;
 mod vsm;
 
 pub use occupancy::run as run_occupancy;
+pub use presence::run as run_presence;
 
 /// The topics of an occupancy query (1..=100 strings), for HTTP too.
 pub fn occupancy_topics(list: &Value) -> Option<Vec<String>> {
@@ -44,6 +46,7 @@ pub fn route(ctx: &Ctx, topic: &str) -> Option<Channel> {
 }
 
 /// A refused join: the reply reason and the metric label.
+#[derive(Clone)]
 pub struct Refusal {
     pub reason: String,
     pub metric: JoinRejection,
@@ -84,7 +87,12 @@ pub fn after_join(
         Channel::Stream => pushes.push(("initial_stats", stream::initial_stats(ctx))),
         Channel::Vsm | Channel::Generic => {}
     }
-    if wants.occupancy {
+    let presence = ctx.presence.covers(topic);
+    if presence {
+        pushes.extend(presence::after_join(ctx, topic));
+    }
+    // A count-only presence topic already sent its figures.
+    if wants.occupancy && !(presence && ctx.presence.count_only(topic)) {
         pushes.push(("occupancy", occupancy::payload(ctx, topic)));
     }
     pushes
@@ -121,6 +129,7 @@ pub fn handle(ctx: &Ctx, channel: Channel, topic: &str, event: &str, payload: &P
         "get_connection_stats" => Some(filtered(payload, |f| Answer::ok(ctx.reporter.local(f)))),
         "get_monitoring" => Some(Answer::ok(ctx.reporter.monitoring(&Filter::default()))),
         "get_occupancy" => Some(occupancy::query(ctx, payload)),
+        "get_presence_stats" => Some(presence::query(ctx, payload)),
         _ => None,
     };
     let answer = answer.or_else(|| match channel {

@@ -27,18 +27,26 @@ pub const MAX_TOPICS: usize = 100;
 struct Push<'a> {
     topic: &'a str,
     connections: u64,
+    /// Distinct presence KEYs, on presence topics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users: Option<u64>,
     timestamp: String,
 }
 
 /// The `occupancy` push of `topic` now.
 pub fn payload(ctx: &Ctx, topic: &str) -> String {
-    render(topic, ctx.cluster.connections(topic))
+    render(ctx, topic, ctx.cluster.connections(topic))
 }
 
-fn render(topic: &str, connections: u64) -> String {
+fn render(ctx: &Ctx, topic: &str, connections: u64) -> String {
+    let users = ctx
+        .presence
+        .covers(topic)
+        .then(|| ctx.presence.counts(topic).1);
     to_json(&Push {
         topic,
         connections,
+        users,
         timestamp: timestamp(),
     })
 }
@@ -126,7 +134,7 @@ pub async fn run(ctx: Arc<Ctx>) {
             {
                 continue;
             }
-            let body = render(&topic, connections);
+            let body = render(&ctx, &topic, connections);
             ctx.registry
                 .publish(&topic, "occupancy", &body, Select::Occupancy);
             pushed.insert(

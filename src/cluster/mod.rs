@@ -11,18 +11,38 @@ pub mod view;
 
 use crate::bus::{Bus, RelayReceiver};
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::registry::Registry;
 use crate::stats::{Filter, Reporter};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use view::View;
 
 pub use self::redis::{RedisSettings, RedisSetupError};
 
+/// A name for this process, unique in the cluster: it tags this node's
+/// messages (so it skips its own echo), starts its delta sequence (so a
+/// restarted node is told from a running one), and prefixes its
+/// presence refs.
+pub fn origin_id(node: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{node}/{}/{nanos:x}/{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// What the Redis backend is built from: the components it uses.
 pub struct Parts {
     pub registry: Arc<Registry>,
+    pub presence: Arc<Presence>,
     pub reporter: Arc<Reporter>,
     pub bus: Arc<Bus>,
     pub metrics: Arc<Metrics>,
@@ -55,6 +75,7 @@ impl Cluster {
             settings,
             redis::Parts {
                 registry: parts.registry,
+                presence: parts.presence,
                 bus: parts.bus,
                 metrics: parts.metrics,
                 view: view.clone(),

@@ -33,6 +33,9 @@ pub struct Delta {
     pub full: bool,
     pub totals: Totals,
     pub topics: Vec<(String, u64)>,
+    /// Presence metas that came or went (all of them when `full`); the
+    /// view keeps counts only and hands these to the presence component.
+    pub presence: Vec<crate::presence::Outgoing>,
 }
 
 /// Why a delta could not be applied: the node's snapshot must be read.
@@ -354,6 +357,7 @@ mod tests {
                 sockets: 1,
             },
             topics: topics.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+            presence: Vec::new(),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::context::Ctx;
 use crate::limits::{self, Bucket};
 use crate::metrics::{FrameRejection, JoinRejection};
 use crate::outbox::{CloseReason, Outbox};
+use crate::presence::{self, Tracked};
 use crate::protocol::{self, reason, Inbound, JsonRef, Malformed, Vsn};
 use crate::registry::{JoinError, Member, Membership, SocketSlot};
 use crate::transport::codec::{close, WsMessage};
@@ -62,6 +63,8 @@ struct Joined {
     join_ref: JsonRef,
     channel: Channel,
     membership: Membership,
+    /// The presence meta, on presence topics; dropped with the membership.
+    _presence: Option<Box<Tracked>>,
 }
 
 /// What the upgrade settled for a new socket.
@@ -367,13 +370,34 @@ impl Session {
             let old_ref = self.end_membership(i, "rejoin");
             self.push_close(&m.topic, &old_ref);
         }
-        let wants = match channels::params(&m.payload).and_then(|p| channels::join(channel, &p)) {
+        let params = channels::params(&m.payload);
+        let wants = match params
+            .as_ref()
+            .map_err(|r| r.clone())
+            .and_then(|p| channels::join(channel, p))
+        {
             Ok(wants) => wants,
             Err(refusal) => {
                 ctx.metrics.join_rejected(refusal.metric);
                 self.refuse(&m, &refusal.reason);
                 return;
             }
+        };
+        let presence = match (&params, ctx.presence.covers(&m.topic)) {
+            (Ok(params), true) => {
+                let identity = self.identity.as_deref();
+                let sub = identity.map(Identity::sub);
+                let info = identity.and_then(Identity::info);
+                match presence::joining(sub, info, params, self.slot.id()) {
+                    Ok(joining) => Some(joining),
+                    Err(presence::MetaTooLarge) => {
+                        ctx.metrics.join_rejected(JoinRejection::MetaTooLarge);
+                        self.refuse(&m, &reason("meta too large"));
+                        return;
+                    }
+                }
+            }
+            _ => None,
         };
         if self.joined.len() >= ctx.config.max_channels_per_socket {
             ctx.metrics.join_rejected(JoinRejection::TooManyChannels);
@@ -402,6 +426,9 @@ impl Session {
             "joined"
         );
         self.reply(m.join_ref.as_ref(), &m.reference, &m.topic, true, "{}");
+        // Tracked after the membership: the joiner is subscribed to the
+        // topic's diffs before its `presence_state` is taken.
+        let tracked = presence.map(|j| Box::new(ctx.presence.track(membership.topic(), j)));
         for (event, payload) in channels::after_join(&ctx, channel, &m.topic, wants) {
             self.push(Some(&join_ref), &m.topic, event, &payload);
         }
@@ -412,6 +439,7 @@ impl Session {
             join_ref,
             channel,
             membership,
+            _presence: tracked,
         });
     }
 

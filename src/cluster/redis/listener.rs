@@ -166,6 +166,7 @@ impl Listener {
             wire::Received::Goodbye { node, .. } => {
                 if node != self.redis.node {
                     let changed = self.redis.view.remove(&node);
+                    self.redis.presence.remove_node(&node);
                     self.touch(&changed);
                     if let Some(round) = &mut self.round {
                         round.remove(&node);
@@ -194,9 +195,13 @@ impl Listener {
     }
 
     /// Applies a delta, or starts reading its node's snapshot on a gap.
-    fn apply(&mut self, delta: Delta) {
+    fn apply(&mut self, mut delta: Delta) {
         match self.redis.view.apply(&delta, Instant::now()) {
             Ok(changed) => {
+                let presence = std::mem::take(&mut delta.presence);
+                self.redis
+                    .presence
+                    .apply_remote(&delta.node, delta.full, presence);
                 self.touch(&changed);
                 // The node's figures are current again: the round need not
                 // wait for it.
@@ -249,7 +254,7 @@ impl Listener {
                     None if self.redis.view.names().iter().any(|n| **n == *node) => {
                         return;
                     }
-                    None => {}
+                    None => self.redis.presence.remove_node(&node),
                     Some(snapshot) => {
                         let (origin, seq) = (snapshot.origin.clone(), snapshot.seq);
                         self.apply(snapshot);
@@ -320,6 +325,9 @@ impl Listener {
             }
         }
         self.round_done();
+        for node in &gone {
+            self.redis.presence.remove_node(node);
+        }
         if !gone.is_empty() {
             tracing::info!(nodes = ?gone, "nodes silent for longer than the ttl left the view");
             self.touch(&changed);

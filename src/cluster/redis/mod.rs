@@ -23,6 +23,7 @@ use super::keys::Keys;
 use super::view::View;
 use crate::bus::{Bus, RelayReceiver};
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::registry::Registry;
 use crate::throttle::Throttle;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -146,6 +147,8 @@ pub fn describe(e: &::redis::RedisError) -> String {
 /// The settings the Redis backend needs.
 pub struct RedisSettings {
     pub url: String,
+    /// This process's name in the cluster (`cluster::origin_id`).
+    pub origin: String,
     pub prefix: String,
     pub node: String,
     pub ttl_ms: u64,
@@ -154,6 +157,7 @@ pub struct RedisSettings {
 /// What the Redis backend is built from: the components it uses.
 pub struct Parts {
     pub registry: Arc<Registry>,
+    pub presence: Arc<Presence>,
     pub bus: Arc<Bus>,
     pub metrics: Arc<Metrics>,
     pub view: Arc<View>,
@@ -179,6 +183,7 @@ pub struct RedisBackend {
     written: tokio::sync::Mutex<writer::Written>,
     complaints: Throttle,
     registry: Arc<Registry>,
+    presence: Arc<Presence>,
     bus: Arc<Bus>,
     view: Arc<View>,
     /// Taken by `spawn`: the pub/sub pushes and the bus's relay queue.
@@ -234,7 +239,7 @@ impl RedisBackend {
         )
         .map_err(RedisSetupError::Connection)?;
         let backend = RedisBackend {
-            origin: relay::origin_id(&settings.node).into(),
+            origin: settings.origin.into(),
             keys: Keys::new(&settings.prefix, &settings.node),
             node: settings.node,
             ttl_ms: settings.ttl_ms,
@@ -246,6 +251,7 @@ impl RedisBackend {
             written: tokio::sync::Mutex::new(writer::Written::default()),
             complaints: Throttle::new(),
             registry: parts.registry,
+            presence: parts.presence,
             bus: parts.bus,
             view: parts.view,
             pending: Mutex::new(Some((push_rx, parts.relay))),

@@ -12,9 +12,8 @@ use super::{describe, RedisBackend};
 use crate::bus::{Delivery, Event, RelayReceiver, MAX_BATCH, MAX_BODY};
 use crate::throttle::Throttle;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Most messages in one pipelined batch.
 const BATCH: usize = 256;
@@ -24,19 +23,6 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 /// `MAX_BODY`, each shaped into up to two deliveries (defaults filled in),
 /// so a few times the body limit.
 const MAX_RELAY_MESSAGE: usize = 4 * MAX_BODY;
-
-/// A unique id for this process's relay messages.
-pub fn origin_id(node: &str) -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{node}/{}/{nanos:x}/{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 #[derive(Serialize)]
 struct Outgoing<'a> {
@@ -153,14 +139,4 @@ pub fn from_producer(redis: &RedisBackend, body: &[u8]) -> Result<(), String> {
         .collect();
     redis.bus.deliver_local(&deliveries);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origins_differ_within_one_process() {
-        assert_ne!(origin_id("a"), origin_id("a"));
-    }
 }

@@ -3,9 +3,10 @@
 //! when a node's sequence has a gap. A snapshot read is two commands on one
 //! hash slot; a node whose snapshot is gone has left (or expired).
 
-use super::{describe, RedisBackend, COMMAND_TIMEOUT};
+use super::{describe, wire, RedisBackend, COMMAND_TIMEOUT};
 use crate::cluster::keys::Keys;
 use crate::cluster::view::{Delta, Totals};
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 
 /// The names in the registry of nodes.
@@ -24,19 +25,26 @@ pub async fn names(redis: &RedisBackend) -> Result<Vec<String>, String> {
 
 /// `node`'s snapshot as a full delta, or `None` when it has none (gone).
 pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Delta>, String> {
-    let (meta_key, topics_key) = Keys::snapshot(&redis.keys.prefix, node);
+    let [meta_key, topics_key, presence_key] = Keys::snapshot(&redis.keys.prefix, node);
     let mut pipe = ::redis::pipe();
     pipe.cmd("HGETALL")
         .arg(&meta_key)
         .cmd("HGETALL")
-        .arg(&topics_key);
+        .arg(&topics_key)
+        .cmd("HGETALL")
+        .arg(&presence_key);
     let mut conn = redis.conn.clone();
-    redis.metrics.redis_commands.increment(2);
-    type Reply = (HashMap<String, String>, HashMap<String, u64>);
-    let (meta, topics): Reply = tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn))
-        .await
-        .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
-        .map_err(|e| describe(&e))?;
+    redis.metrics.redis_commands.increment(3);
+    type Reply = (
+        HashMap<String, String>,
+        HashMap<String, u64>,
+        HashMap<String, String>,
+    );
+    let (meta, topics, presence): Reply =
+        tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn))
+            .await
+            .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
+            .map_err(|e| describe(&e))?;
     redis.health.answered();
     if meta.is_empty() {
         // Gone: drop it from the registry too, so later starts skip it.
@@ -61,5 +69,13 @@ pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Delta>,
             sockets: k,
         },
         topics: topics.into_iter().filter(|(_, n)| *n > 0).collect(),
+        presence: presence
+            .into_iter()
+            .filter_map(|(phx_ref, entry)| {
+                type Entry = (String, String, Box<RawValue>);
+                let (topic, key, meta): Entry = serde_json::from_str(&entry).ok()?;
+                wire::presence_change((topic, phx_ref, Some(key), Some(meta))).ok()
+            })
+            .collect(),
     }))
 }

@@ -4,7 +4,10 @@
 //! bounds: anything on a Redis channel may come from any client.
 
 use crate::cluster::view::{Delta, Totals};
+use crate::presence::Outgoing;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::sync::Arc;
 
 /// Largest view message accepted: a full delta of a node with 100,000
 /// topics is a few MB.
@@ -21,6 +24,9 @@ struct Message<'a> {
     s: u64,
     k: u64,
     topics: Vec<(&'a str, u64)>,
+    /// Presence: `[topic, phx_ref, KEY, META]`, KEY and META null for a
+    /// leave.
+    p: Vec<(&'a str, &'a str, Option<&'a str>, Option<&'a RawValue>)>,
 }
 
 /// The same, as read: owned, since names may carry escapes.
@@ -42,7 +48,12 @@ struct Incoming {
     k: u64,
     #[serde(default)]
     topics: Vec<(String, u64)>,
+    #[serde(default)]
+    p: Vec<PresenceEntry>,
 }
+
+/// `[topic, phx_ref, KEY, META]` as read (KEY and META null for a leave).
+pub type PresenceEntry = (String, String, Option<String>, Option<Box<RawValue>>);
 
 /// A message from the view channel.
 #[derive(Debug, PartialEq)]
@@ -63,6 +74,17 @@ pub fn delta(delta: &Delta) -> String {
         s: delta.totals.stream,
         k: delta.totals.sockets,
         topics: delta.topics.iter().map(|(t, n)| (t.as_str(), *n)).collect(),
+        p: delta
+            .presence
+            .iter()
+            .map(|o| {
+                let (key, meta) = match &o.join {
+                    Some((k, m)) => (Some(&**k), Some(&**m)),
+                    None => (None, None),
+                };
+                (&*o.topic, &*o.phx_ref, key, meta)
+            })
+            .collect(),
     })
 }
 
@@ -78,6 +100,7 @@ pub fn goodbye(node: &str, origin: &str) -> String {
         s: 0,
         k: 0,
         topics: Vec::new(),
+        p: Vec::new(),
     })
 }
 
@@ -108,7 +131,26 @@ pub fn read(body: &[u8]) -> Result<Received, String> {
             sockets: m.k,
         },
         topics: m.topics,
+        presence: m
+            .p
+            .into_iter()
+            .map(presence_change)
+            .collect::<Result<_, _>>()?,
     }))
+}
+
+/// One presence entry as read: a join needs a KEY and an object META.
+pub fn presence_change((topic, phx_ref, key, meta): PresenceEntry) -> Result<Outgoing, String> {
+    let join = match (key, meta) {
+        (Some(k), Some(m)) if m.get().starts_with('{') => Some((Arc::from(k.as_str()), m)),
+        (None, None) => None,
+        _ => return Err(format!("bad presence entry for {phx_ref:?}")),
+    };
+    Ok(Outgoing {
+        topic: Arc::from(topic.as_str()),
+        phx_ref: Arc::from(phx_ref.as_str()),
+        join,
+    })
 }
 
 #[cfg(test)]
@@ -128,8 +170,40 @@ mod tests {
                 sockets: 2,
             },
             topics: vec![("x".into(), 2), ("gone".into(), 0)],
+            presence: vec![
+                Outgoing {
+                    topic: Arc::from("x"),
+                    phx_ref: Arc::from("r1"),
+                    join: Some((
+                        Arc::from("alice"),
+                        RawValue::from_string(r#"{"phx_ref":"r1"}"#.into()).unwrap(),
+                    )),
+                },
+                Outgoing {
+                    topic: Arc::from("x"),
+                    phx_ref: Arc::from("r0"),
+                    join: None,
+                },
+            ],
         };
-        assert_eq!(read(delta(&d).as_bytes()), Ok(Received::Delta(d)));
+        let Ok(Received::Delta(back)) = read(delta(&d).as_bytes()) else {
+            panic!("a delta reads back");
+        };
+        assert_eq!(
+            (
+                &back.node,
+                &back.origin,
+                back.seq,
+                back.full,
+                back.totals,
+                &back.topics
+            ),
+            (&d.node, &d.origin, d.seq, d.full, d.totals, &d.topics)
+        );
+        assert_eq!(back.presence.len(), 2);
+        assert_eq!(&*back.presence[0].join.as_ref().unwrap().0, "alice");
+        assert!(back.presence[1].join.is_none());
+        assert!(read(br#"{"node":"a","origin":"x","p":[["t","r","k",5]]}"#).is_err());
         assert_eq!(
             read(goodbye("a", "a/1").as_bytes()),
             Ok(Received::Goodbye {

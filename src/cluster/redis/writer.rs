@@ -105,6 +105,11 @@ fn next_delta(redis: &RedisBackend, written: &mut Written, full: bool) -> Delta 
             .map(|t| (t.to_string(), registry.count(t)))
             .collect()
     };
+    let presence = if full {
+        redis.presence.local_all()
+    } else {
+        redis.presence.take_outgoing()
+    };
     let totals = registry.totals();
     written.seq += 1;
     Delta {
@@ -118,6 +123,7 @@ fn next_delta(redis: &RedisBackend, written: &mut Written, full: bool) -> Delta 
             sockets: totals.sockets,
         },
         topics,
+        presence,
     }
 }
 
@@ -169,15 +175,30 @@ async fn write(redis: &RedisBackend, delta: &Delta) -> Result<Outcome, String> {
     let mut invocation = keys::WRITE.key(&redis.keys.meta);
     invocation
         .key(&redis.keys.topics)
+        .key(&redis.keys.presence)
         .arg(redis.ttl_ms)
         .arg(if delta.full { "1" } else { "0" })
         .arg(delta.totals.connections)
         .arg(delta.totals.stream)
         .arg(delta.totals.sockets)
         .arg(&*redis.origin)
-        .arg(delta.seq);
+        .arg(delta.seq)
+        .arg(delta.topics.len());
     for (topic, n) in &delta.topics {
         invocation.arg(topic).arg(*n);
+    }
+    let joins: Vec<_> = delta.presence.iter().filter(|p| p.join.is_some()).collect();
+    invocation.arg(joins.len());
+    for p in joins {
+        if let Some((key, meta)) = &p.join {
+            let entry = (&*p.topic, &**key, &**meta);
+            invocation
+                .arg(&*p.phx_ref)
+                .arg(crate::stats::to_json(&entry));
+        }
+    }
+    for p in delta.presence.iter().filter(|p| p.join.is_none()) {
+        invocation.arg(&*p.phx_ref);
     }
     let mut conn = redis.conn.clone();
     redis.metrics.redis_commands.increment(1);
