@@ -306,8 +306,16 @@ async fn flag_beats_env_beats_file_beats_default() {
     assert!(!api_key_in_force(&s, "envkey").await);
     drop(s);
 
-    // Defaults: 100 channels per socket, no API key.
-    let s = Server::start(&["--allow-topic", "rooms:*"]);
+    // Defaults: 100 channels per socket, no API key (joins are let through
+    // faster than the default 20/s so that 101 can be tried at once).
+    let s = Server::start(&[
+        "--allow-topic",
+        "rooms:*",
+        "--max-joins-per-second",
+        "1000",
+        "--max-joins-burst",
+        "1000",
+    ]);
     assert_eq!(channels_allowed(&s).await, 100);
     let res = post_json(
         s.addr,
