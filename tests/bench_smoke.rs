@@ -1,14 +1,32 @@
 //! Smoke runs of every `headcount bench` scenario at small sizes against a
-//! real node: what the tool reports must be right (counts exact, nothing
-//! lost, churn back to baseline). Nothing here asserts speed.
+//! real node, and against `bench floor-server` (a minimal Phoenix server
+//! without headcount's stats): what the tool reports must be right (counts
+//! exact, nothing lost, churn back to baseline, count checks skipped and
+//! said so where there are no stats). Nothing here asserts speed.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_headcount");
 
-/// A node on a free port; killed when dropped.
+/// The per-socket limits (SPEC §8.4) raised out of the way: the scenarios
+/// send far more joins and messages per socket than a browser would.
+const NO_LIMITS: [&str; 8] = [
+    "--max-messages-per-second",
+    "1000000",
+    "--max-messages-burst",
+    "1000000",
+    "--max-joins-per-second",
+    "1000000",
+    "--max-joins-burst",
+    "1000000",
+];
+
+/// A server process on a free port (a node or the floor server); killed
+/// when dropped.
 struct Node {
     child: Child,
     addr: String,
@@ -21,42 +39,96 @@ impl Drop for Node {
     }
 }
 
-fn start_node() -> Node {
+/// Starts `headcount ARGS` and reads the address from its start line
+/// (`… listening on ADDR …`, the fourth word).
+fn spawn_server(args: &[&str]) -> Node {
     let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--node",
-            "smoke@127.0.0.1",
-            "--allow-topic",
-            "bench:*",
-            "--client-broadcast",
-            // A load generator sends far more per socket than a client.
-            "--max-messages-per-second",
-            "1000000",
-            "--max-messages-burst",
-            "1000000",
-            "--max-joins-per-second",
-            "1000000",
-            "--max-joins-burst",
-            "1000000",
-        ])
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start headcount serve");
+        .expect("start headcount");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("start line");
+    assert!(line.contains(" listening on "), "start line: {line}");
     let addr = line
         .split_whitespace()
         .nth(3)
         .expect("address in the start line")
         .to_string();
     Node { child, addr }
+}
+
+fn start_node() -> Node {
+    start_node_with(&[])
+}
+
+fn start_node_with(extra: &[&str]) -> Node {
+    let mut args = vec![
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--node",
+        "smoke@127.0.0.1",
+        "--allow-topic",
+        "bench:*",
+        "--client-broadcast",
+    ];
+    args.extend(NO_LIMITS);
+    args.extend(extra);
+    spawn_server(&args)
+}
+
+fn start_floor() -> Node {
+    spawn_server(&["bench", "floor-server", "--bind", "127.0.0.1:0"])
+}
+
+/// A throw-away `redis-server` on a free port, no persistence.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_redis() -> Redis {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server (apt-get install redis-server)");
+    let redis = Redis { child, port };
+    let start = Instant::now();
+    loop {
+        let pong = TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.write_all(b"PING\r\n")?;
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf)?;
+            Ok(buf)
+        });
+        if matches!(pong, Ok(b) if &b == b"+PONG\r\n") {
+            return redis;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Runs `headcount bench ARGS --json` and parses its one JSON object.
@@ -78,6 +150,17 @@ fn bench(args: &[&str]) -> Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// Runs `headcount bench ARGS` expecting it to fail; its stderr.
+fn bench_fails(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run headcount bench");
+    assert!(!out.status.success(), "bench {args:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `bench SCENARIO --url URL` with flag/value pairs, one pair a line.
@@ -182,6 +265,63 @@ fn query_sees_every_populated_topic() {
     );
     assert_eq!(r["answered"], 20, "{r}");
     assert_eq!(r["counts_exact"], true, "{r}");
+    assert_eq!(r["rate_limited"], 0, "{r}");
+    assert!(r["reply_bytes_mean"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["reply_check"]["connection_count"], 51, "{r}");
+}
+
+#[test]
+fn query_passes_stats_filters_and_asks_for_occupancy() {
+    let node = start_node();
+    let r = bench_at(
+        "query",
+        &node.addr,
+        &[
+            ("--topics", "50"),
+            ("--queries", "20"),
+            ("--event", "cluster"),
+            ("--limit", "5"),
+            ("--prefix", "bench:1"),
+        ],
+    );
+    assert_eq!(r["payload"]["limit"], 5, "{r}");
+    assert_eq!(r["payload"]["prefix"], "bench:1", "{r}");
+    assert_eq!(r["answered"], 20, "{r}");
+    // Totals cover everything whatever the filters (SPEC §7.3).
+    assert_eq!(r["counts_exact"], true, "{r}");
+    // A node that knows the filters answers with at most 5 topics and says
+    // how many it left out; one that does not yet sends the whole map.
+    if r["reply_check"]["topics_omitted"].is_u64() {
+        assert_eq!(r["reply_check"]["within_limit"], true, "{r}");
+        assert_eq!(r["reply_check"]["prefix_held"], true, "{r}");
+    }
+
+    let r = bench_at(
+        "query",
+        &node.addr,
+        &[
+            ("--topics", "50"),
+            ("--queries", "20"),
+            ("--event", "occupancy"),
+            ("--topics-per-query", "7"),
+        ],
+    );
+    assert_eq!(r["event"], "get_occupancy", "{r}");
+    assert_eq!(r["payload"]["topics"], 7, "{r}");
+    assert_eq!(r["rate_limited"], 0, "{r}");
+    let (answered, errors) = (
+        r["answered"].as_u64().unwrap(),
+        r["errors"].as_u64().unwrap(),
+    );
+    assert_eq!(answered + errors, 20, "{r}");
+    // Until the node answers get_occupancy, each query is an error reply
+    // that names its reason; once it does, every asked topic shows 1.
+    if answered > 0 {
+        assert_eq!(r["reply_check"]["all_exact"], true, "{r}");
+        assert_eq!(r["reply_check"]["topics_asked"], 7, "{r}");
+    } else {
+        assert!(r["error_reasons"].as_object().unwrap().len() == 1, "{r}");
+    }
 }
 
 #[test]
@@ -223,6 +363,219 @@ fn cluster_degenerates_to_one_node() {
         r["cluster_sizes_seen"]["1"].as_u64().map(|n| n >= 8),
         Some(true)
     );
+}
+
+#[test]
+fn hold_presents_signed_tokens_in_the_query_and_the_subprotocol() {
+    let node = start_node_with(&["--auth-secret", "s3cret"]);
+    for token_in in ["query", "protocol"] {
+        let r = bench_at(
+            "hold",
+            &node.addr,
+            &[
+                ("--sockets", "50"),
+                ("--topics", "3"),
+                ("--hold", "0.2"),
+                ("--settle", "0"),
+                ("--token-secret", "s3cret"),
+                ("--token-topics", "bench:*"),
+                ("--token-in", token_in),
+            ],
+        );
+        assert_eq!(r["token"]["alg"], "HS256", "{r}");
+        assert_eq!(r["token"]["in"], token_in, "{r}");
+        assert_eq!(r["open"]["opened"], 50, "{token_in}: {r}");
+        assert_eq!(r["open"]["failed"], 0, "{token_in}: {r}");
+        assert_eq!(r["server"]["counts_exact"], true, "{r}");
+        assert!(r["open"]["connect_join_per_s"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn hold_fanout_and_churn_run_against_the_floor_server() {
+    let floor = start_floor();
+    let r = bench_at(
+        "hold",
+        &floor.addr,
+        &[
+            ("--sockets", "100"),
+            ("--topics", "3"),
+            ("--hold", "0.2"),
+            ("--settle", "0"),
+        ],
+    );
+    assert_eq!(r["open"]["opened"], 100, "{r}");
+    assert_eq!(r["open"]["failed"], 0, "{r}");
+    assert_eq!(r["alive_at_end"], 100, "{r}");
+    // No /api/stats: the checks are skipped, and the report says so.
+    assert!(r["server"]["counts_exact"].is_null(), "{r}");
+    assert!(r["server"]["held"].is_null(), "{r}");
+    assert!(
+        r["server"]["stats"].as_str().unwrap().contains("skipped"),
+        "{r}"
+    );
+
+    for (publish, publishers) in [("http", "1"), ("client", "2")] {
+        let r = bench_at(
+            "fanout",
+            &floor.addr,
+            &[
+                ("--sockets", "100"),
+                ("--messages", "20"),
+                ("--publish", publish),
+                ("--publishers", publishers),
+            ],
+        );
+        assert_eq!(r["subscribers"], 100, "{r}");
+        assert!(r["members_seen_by_server"].is_null(), "{r}");
+        assert_eq!(r["publish_errors"], 0, "{publish}: {r}");
+        assert_eq!(r["delivered"], 2000, "{publish}: {r}");
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["duplicates"], 0, "{r}");
+    }
+
+    let r = bench_at(
+        "churn",
+        &floor.addr,
+        &[
+            ("--cycles", "200"),
+            ("--topics", "5"),
+            ("--topics-per-socket", "2"),
+            ("--concurrency", "16"),
+            ("--abrupt-every", "3"),
+        ],
+    );
+    assert_eq!(r["cycles"], 200, "{r}");
+    assert_eq!(r["failed_cycles"], 0, "{r}");
+    assert!(r["returned_to_baseline"].is_null(), "{r}");
+    assert!(r["server_stats"].as_str().unwrap().contains("skipped"));
+}
+
+#[test]
+fn occupancy_times_pushes_between_two_urls_of_the_floor_server() {
+    // The floor server pushes occupancy uncoalesced; two URLs of it are two
+    // "nodes", so every change is timed on the node that did not make it.
+    let floor = start_floor();
+    let redis = start_redis();
+    let url = format!("{0},{0}", floor.addr);
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let r = bench_at(
+        "occupancy",
+        &url,
+        &[
+            ("--sockets", "60"),
+            ("--topics", "6"),
+            ("--rate", "40"),
+            ("--duration", "1"),
+            ("--queries", "4"),
+            ("--redis", &redis_url),
+        ],
+    );
+    assert_eq!(r["nodes"], 2, "{r}");
+    assert_eq!(r["watchers"]["opened"], 60, "{r}");
+    assert_eq!(r["observers"], 12, "{r}");
+    assert_eq!(r["topics_watched_on_two_nodes"], 6, "{r}");
+    assert_eq!(r["converged"]["ok"], true, "{r}");
+    let changes = r["churn"]["changes"].as_u64().unwrap();
+    assert!(changes >= 10, "{r}");
+    assert_eq!(r["push_latency"]["count"], changes, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["unanswered"], 0, "{r}");
+    assert_eq!(r["churn"]["tally"]["rate_limited"], 0, "{r}");
+    assert_eq!(r["quiet"]["stale_observers"], 0, "{r}");
+    assert!(r["pushes"]["received"].as_u64().unwrap() > 0, "{r}");
+    // The floor has no /metrics (n/a) and no get_cluster_stats (errors).
+    assert!(r["redis_commands"]["nodes"][0]["per_s"].is_null(), "{r}");
+    assert!(r["redis_commands"]["redis_info_per_s"].is_number(), "{r}");
+    assert!(r["redis_commands"]["redis_error"].is_null(), "{r}");
+    assert_eq!(r["queries"]["answered"], 0, "{r}");
+    assert!(
+        r["queries"]["errors"]["unknown event"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+}
+
+#[test]
+fn occupancy_runs_against_a_node_and_reports_what_it_saw() {
+    let node = start_node();
+    let url = format!("{0},{0}", node.addr);
+    let r = bench_at(
+        "occupancy",
+        &url,
+        &[
+            ("--sockets", "20"),
+            ("--topics", "4"),
+            ("--rate", "20"),
+            ("--duration", "0.5"),
+            ("--queries", "4"),
+        ],
+    );
+    assert_eq!(r["watchers"]["opened"], 20, "{r}");
+    assert_eq!(r["churn"]["tally"]["rate_limited"], 0, "{r}");
+    assert!(r["churn"]["tally"]["churner_errors"]
+        .as_object()
+        .unwrap()
+        .is_empty());
+    assert_eq!(r["queries"]["rate_limited"], 0, "{r}");
+    assert!(r["queries"]["answered"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["redis_commands"]["redis_info_per_s"].is_null(), "{r}");
+    // Once the node pushes occupancy, nothing may be lost.
+    if r["converged"]["pushes"].as_u64().unwrap() > 0 {
+        assert_eq!(r["converged"]["ok"], true, "{r}");
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["quiet"]["stale_observers"], 0, "{r}");
+    }
+}
+
+#[test]
+fn refuses_bad_bench_arguments() {
+    for (args, says) in [
+        (&["floor-server", "--bind", "10.1.2.3:4000"][..], "loopback"),
+        (
+            &[
+                "occupancy",
+                "--url",
+                "127.0.0.1:1",
+                "--redis",
+                "redis://10.0.0.1:6379",
+            ][..],
+            "loopback",
+        ),
+        (
+            &[
+                "occupancy",
+                "--url",
+                "127.0.0.1:1",
+                "--redis",
+                "redis://:pw@127.0.0.1:6379",
+            ][..],
+            "credentials",
+        ),
+        (
+            &[
+                "occupancy",
+                "--url",
+                "127.0.0.1:1",
+                "--sockets",
+                "5",
+                "--topics",
+                "6",
+            ][..],
+            "--topics",
+        ),
+        (
+            &["query", "--url", "127.0.0.1:1", "--topics-per-query", "0"][..],
+            "--topics-per-query",
+        ),
+        (
+            &["query", "--url", "127.0.0.1:1", "--limit", "0"][..],
+            "--limit",
+        ),
+        (&["hold"][..], "--url"),
+    ] {
+        let err = bench_fails(args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! No per-message allocation, so 20,000 of them sharing two cores with the
 //! server leave the server most of the CPU.
 
+use crate::token::Credential;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use tokio::io::AsyncWriteExt;
@@ -106,9 +107,30 @@ pub struct Frame<'a> {
 impl Ws {
     /// TCP connect plus the HTTP upgrade; fails unless the server answers 101.
     pub async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<Ws> {
+        Ws::connect_as(target, source, None).await
+    }
+
+    /// As [`Ws::connect`], presenting a signed token (`?token=` or the
+    /// bearer subprotocol) when one is given.
+    pub async fn connect_as(
+        target: &Target,
+        source: Option<IpAddr>,
+        credential: Option<&Credential>,
+    ) -> io::Result<Ws> {
         let mut stream = tcp_connect(target.addr, source).await?;
+        let (query, protocol) = match credential {
+            None => (String::new(), String::new()),
+            Some(Credential::Query(token)) => {
+                let sep = if target.path.contains('?') { '&' } else { '?' };
+                (format!("{sep}token={token}"), String::new())
+            }
+            Some(Credential::Protocol(value)) => (
+                String::new(),
+                format!("Sec-WebSocket-Protocol: {value}\r\n"),
+            ),
+        };
         let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            "GET {}{query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n",
             target.path, target.host
         );
         stream.write_all(req.as_bytes()).await?;
@@ -224,9 +246,25 @@ impl Ws {
         Ok(true)
     }
 
+    /// Calls `on` for every whole frame already in the read buffer (read
+    /// along with an earlier reply), without reading more.
+    pub fn drain_buffered(&mut self, on: &mut impl FnMut(u8, &[u8])) -> io::Result<()> {
+        while let Some((opcode, start, end)) = parse(&self.buf[self.at..self.end])? {
+            on(opcode, &self.buf[self.at + start..self.at + end]);
+            self.at += end;
+        }
+        Ok(())
+    }
+
     /// Waits for the reply to `reference` (V2: `[join_ref, "ref", ...]`),
     /// skipping pushes; returns whether its status is ok.
     pub async fn await_reply(&mut self, reference: &str) -> io::Result<bool> {
+        Ok(self.await_status(reference).await? == Status::Ok)
+    }
+
+    /// Waits for the reply to `reference`, skipping pushes; returns its
+    /// status (an error's reason included).
+    pub async fn await_status(&mut self, reference: &str) -> io::Result<Status> {
         let needle = format!(",\"{reference}\",");
         loop {
             let f = self.next().await?;
@@ -236,7 +274,7 @@ impl Ws {
                     if find(head, needle.as_bytes()).is_some()
                         && find(f.data, b"\"phx_reply\"").is_some()
                     {
-                        return Ok(find(f.data, b"\"status\":\"ok\"").is_some());
+                        return Ok(Status::of(f.data));
                     }
                 }
                 OP_CLOSE => return Err(io::Error::other("closed by server")),
@@ -351,6 +389,43 @@ pub fn encode_client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// What a `phx_reply` says: ok, or an error with its `reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// The `reason` of an error reply ("" when it has none).
+    Error(String),
+}
+
+/// The reason every per-socket limit of the server gives (SPEC §8.4).
+pub const RATE_LIMITED: &str = "rate limited";
+
+impl Status {
+    /// The status of a reply frame, found by byte search.
+    pub fn of(reply: &[u8]) -> Status {
+        if find(reply, b"\"status\":\"ok\"").is_some() {
+            Status::Ok
+        } else {
+            Status::Error(reason(reply).unwrap_or_default())
+        }
+    }
+
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, Status::Error(r) if r == RATE_LIMITED)
+    }
+}
+
+/// The string after `"reason":` in a reply (JSON escapes are kept as sent).
+pub fn reason(data: &[u8]) -> Option<String> {
+    let key = b"\"reason\":\"";
+    let at = find(data, key)? + key.len();
+    let mut end = at;
+    while end < data.len() && data[end] != b'"' {
+        end += if data[end] == b'\\' { 2 } else { 1 };
+    }
+    Some(String::from_utf8_lossy(&data[at..end.min(data.len())]).into_owned())
+}
+
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() || hay.len() < needle.len() {
         return None;
@@ -390,5 +465,20 @@ mod tests {
         assert_eq!(number_after(br#"{"seq":42,"t":7}"#, b"\"seq\":"), Some(42));
         assert_eq!(number_after(br#"{"seq":42,"t":7}"#, b"\"t\":"), Some(7));
         assert_eq!(number_after(br#"{"x":1}"#, b"\"t\":"), None);
+    }
+
+    #[test]
+    fn reply_statuses_and_reasons() {
+        let ok = br#"["1","2","t","phx_reply",{"status":"ok","response":{}}]"#;
+        assert_eq!(Status::of(ok), Status::Ok);
+        let limited =
+            br#"["1","2","t","phx_reply",{"status":"error","response":{"reason":"rate limited"}}]"#;
+        assert!(Status::of(limited).is_rate_limited());
+        let other = br#"[null,"2","t","phx_reply",{"status":"error","response":{"reason":"unknown event","event":"x"}}]"#;
+        assert_eq!(Status::of(other), Status::Error("unknown event".into()));
+        assert!(!Status::of(other).is_rate_limited());
+        let bare = br#"[null,"2","t","phx_reply",{"status":"error","response":{}}]"#;
+        assert_eq!(Status::of(bare), Status::Error(String::new()));
+        assert_eq!(reason(br#"{"reason":"a\"b"}"#).as_deref(), Some(r#"a\"b"#));
     }
 }

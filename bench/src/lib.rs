@@ -4,7 +4,9 @@
 //! splits the sockets over workers (in this process, or re-executed child
 //! processes to pass the per-process file limit) and over 127.0.0.x source
 //! addresses (to pass the ephemeral-port limit), drives the scenario's
-//! phases, reads the server's RSS and counts, and prints the report.
+//! phases, reads the server's RSS and counts (when it has headcount's
+//! `/api/stats`), and prints the report. `bench floor-server` runs the
+//! other side instead: a minimal Phoenix server to compare headcount with.
 //!
 //! A crate of its own, apart from the server's library: the `headcount`
 //! binary parses [`BenchArgs`] and calls [`run`], and its hidden
@@ -13,9 +15,13 @@
 //! `EXE bench-worker`). The binary raises the open-file limit before both.
 
 pub mod client;
+pub mod floor;
 pub mod hist;
 mod http;
+pub mod redis_info;
+mod rng;
 mod scenarios;
+pub mod token;
 pub mod worker;
 
 use clap::{Args, ValueEnum};
@@ -39,12 +45,18 @@ pub enum Scenario {
     Hold,
     /// N subscribers on a topic, M messages published; deliveries/s and latency.
     Fanout,
-    /// get_local_stats / get_cluster_stats latency and rate with K topics.
+    /// get_local_stats / get_cluster_stats / get_occupancy latency and rate with K topics.
     Query,
     /// connect/join/leave/close cycles; counts must return to the baseline.
     Churn,
     /// Time from a join on one node to its appearance in another's cluster stats.
     Cluster,
+    /// Occupancy pushes across nodes: S watchers on T topics, joins and leaves
+    /// at rate R; push latency, losses, and the Redis commands they cost.
+    Occupancy,
+    /// Not a load: serve a minimal Phoenix V2 server (tokio-tungstenite) on
+    /// --bind as a floor to compare headcount with, until SIGINT/SIGTERM.
+    FloorServer,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -57,25 +69,34 @@ pub enum Publish {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum QueryEvent {
+    /// get_local_stats (takes --limit and --prefix)
     Local,
+    /// get_cluster_stats (takes --limit and --prefix)
     Cluster,
+    /// get_occupancy of --topics-per-query random populated topics
+    Occupancy,
 }
 
+pub use token::TokenIn;
+
 /// `headcount bench` flags. Every scenario is bounded: by counts, and by
-/// `--timeout` overall.
+/// `--timeout` overall (the floor server alone runs until a signal).
 #[derive(Args, Debug, Clone)]
+#[command(after_help = AFTER_HELP)]
 pub struct BenchArgs {
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Server URL(s), loopback only: ws://127.0.0.1:4000/socket/websocket,
-    /// http://127.0.0.1:4000 or 127.0.0.1:4000; a comma list for `cluster`.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// http://127.0.0.1:4000 or 127.0.0.1:4000; a comma list for `cluster`
+    /// and `occupancy` (one per node). Required by every scenario but
+    /// floor-server.
+    #[arg(long, value_delimiter = ',')]
     pub url: Vec<String>,
-    /// Sockets to open (hold: held sockets; fanout: subscribers; churn:
-    /// concurrent cycles per worker is --concurrency).
+    /// Sockets to open (hold: held sockets; fanout: subscribers; occupancy:
+    /// watching members; churn: concurrent cycles per worker is --concurrency).
     #[arg(long, default_value_t = 1000)]
     pub sockets: usize,
-    /// Distinct topics (hold: sockets spread over them; query: populated).
+    /// Distinct topics (hold, occupancy: sockets spread over them; query: populated).
     #[arg(long, default_value_t = 1)]
     pub topics: usize,
     /// Topics each socket joins (query: at most this many per populating socket).
@@ -85,15 +106,29 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench:")]
     pub topic_prefix: String,
     /// Connect+join attempts per second over all workers (0 = as fast as
-    /// --concurrency allows).
+    /// --concurrency allows). occupancy: joins+leaves per second in the churn
+    /// phase, over the whole cluster (0 = 10).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// Handshakes in flight per worker (churn: concurrent cycles per worker).
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
     /// hold: seconds to hold the sockets once all are open.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, help_heading = "hold")]
     pub hold: f64,
+    /// Sign an HS256 token for every socket a worker opens (hold; also the
+    /// sockets of fanout, query and churn): `sub` bench-<n>, `exp` now + 1 h.
+    /// For a node started with --auth-secret.
+    #[arg(long, help_heading = "hold")]
+    pub token_secret: Option<String>,
+    /// The token's `topics` claim: globs the socket may join (comma list;
+    /// none = no claim, every topic).
+    #[arg(long, value_delimiter = ',', help_heading = "hold")]
+    pub token_topics: Vec<String>,
+    /// Where the token goes: the `?token=` connect param, or the
+    /// `base64url.bearer.phx.<base64>` subprotocol as phoenix.js sends it.
+    #[arg(long, value_enum, default_value_t = TokenIn::Query, help_heading = "hold")]
+    pub token_in: TokenIn,
     /// Worker processes (0 = one per 15,000 sockets). 1 runs in this process.
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
@@ -101,41 +136,63 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     pub sources: u8,
     /// fanout: messages to publish.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, help_heading = "fanout")]
     pub messages: u64,
     /// fanout: how messages are published.
-    #[arg(long, value_enum, default_value_t = Publish::Http)]
+    #[arg(long, value_enum, default_value_t = Publish::Http, help_heading = "fanout")]
     pub publish: Publish,
     /// fanout: messages per second (0 = each as soon as the previous was accepted).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, help_heading = "fanout")]
     pub publish_rate: f64,
     /// fanout: publish requests in flight (HTTP connections or client sockets).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help_heading = "fanout")]
     pub publishers: usize,
-    /// query: which stats to ask for.
-    #[arg(long, value_enum, default_value_t = QueryEvent::Local)]
+    /// query: what to ask for.
+    #[arg(long, value_enum, default_value_t = QueryEvent::Local, help_heading = "query")]
     pub event: QueryEvent,
+    /// query --event occupancy: distinct random populated topics per
+    /// get_occupancy (1..=100).
+    #[arg(long, default_value_t = 10, help_heading = "query")]
+    pub topics_per_query: usize,
+    /// query --event local|cluster: the `limit` payload field (SPEC §7.3):
+    /// at most this many topics in the reply's map.
+    #[arg(long, help_heading = "query")]
+    pub limit: Option<u64>,
+    /// query --event local|cluster: the `prefix` payload field (SPEC §7.3):
+    /// only topics starting with it in the reply's map.
+    #[arg(long, help_heading = "query")]
+    pub prefix: Option<String>,
     /// query: sockets asking concurrently (closed loop each).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help_heading = "query")]
     pub askers: usize,
-    /// query: seconds to ask for.
-    #[arg(long, default_value_t = 5.0)]
+    /// query: seconds to ask for. occupancy: seconds of the churn phase.
+    #[arg(long, default_value_t = 5.0, help_heading = "query")]
     pub duration: f64,
-    /// query: most queries in all.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub queries: u64,
+    /// query: most queries in all (default 1,000,000). occupancy: stats
+    /// queries per second during the churn phase (get_cluster_stats with
+    /// limit 10 on the first node; default 0 = none).
+    #[arg(long, help_heading = "query")]
+    pub queries: Option<u64>,
     /// churn: connect/join/leave/close cycles in all.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, help_heading = "churn")]
     pub cycles: u64,
     /// churn: every n-th cycle drops the TCP connection while joined (0 = never).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, help_heading = "churn")]
     pub abrupt_every: u64,
     /// cluster: join rounds.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, help_heading = "cluster")]
     pub rounds: u64,
     /// cluster: milliseconds between cluster-stats polls.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, help_heading = "cluster")]
     pub poll_ms: u64,
+    /// occupancy: the nodes' Redis (redis://127.0.0.1:PORT, loopback only):
+    /// report its commands per second from INFO commandstats.
+    #[arg(long, help_heading = "occupancy")]
+    pub redis: Option<String>,
+    /// floor-server: listen address, loopback only (port 0 = a free port,
+    /// printed in the start line).
+    #[arg(long, default_value = "127.0.0.1:4100", help_heading = "floor-server")]
+    pub bind: String,
     /// Server process id: read its RSS (VmRSS in /proc/PID/status).
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -145,13 +202,30 @@ pub struct BenchArgs {
     /// Heartbeat period while holding (the server closes silent sockets).
     #[arg(long, default_value_t = 25_000)]
     pub heartbeat_ms: u64,
-    /// Give up after this many seconds in all.
+    /// Give up after this many seconds in all (not floor-server).
     #[arg(long, default_value_t = 600.0)]
     pub timeout: f64,
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     pub json: bool,
 }
+
+const AFTER_HELP: &str = "\
+Examples (start the node with --allow-topic 'bench:*'; for query, churn and
+occupancy also raise its per-socket limits: --max-messages-per-second,
+--max-messages-burst, --max-joins-per-second, --max-joins-burst):
+  headcount bench hold --url 127.0.0.1:4000 --sockets 5000 --rate 1000
+  headcount bench hold --url 127.0.0.1:4000 --token-secret S --token-in protocol
+  headcount bench fanout --url 127.0.0.1:4000 --sockets 10000 --messages 300
+  headcount bench query --url 127.0.0.1:4000 --topics 10000 --event cluster --limit 100
+  headcount bench query --url 127.0.0.1:4000 --topics 10000 --event occupancy --topics-per-query 10
+  headcount bench churn --url 127.0.0.1:4000 --cycles 100000 --topics 10
+  headcount bench cluster --url 127.0.0.1:4001,127.0.0.1:4002 --rounds 200
+  headcount bench occupancy --url 127.0.0.1:4001,127.0.0.1:4002 --sockets 2000 --topics 200 \\
+      --rate 100 --duration 30 --queries 20 --redis redis://127.0.0.1:6379
+  headcount bench floor-server --bind 127.0.0.1:4100   (then any scenario with --url 127.0.0.1:4100)
+Scenarios need only the Phoenix protocol; against a server without headcount's
+/api/stats (the floor server, Phoenix) the count checks are skipped and say so.";
 
 /// One server to talk to.
 #[derive(Clone, Debug)]
@@ -176,7 +250,7 @@ impl Endpoint {
     }
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.octets()[0] == 127,
         IpAddr::V6(v6) => v6.is_loopback(),
@@ -227,6 +301,23 @@ pub async fn endpoint(url: &str) -> Result<Endpoint, BenchError> {
         host: addr.to_string(),
         ws_path: format!("{path}?vsn=2.0.0"),
     })
+}
+
+/// `HOST:PORT` (a name or an address) resolved, refused unless every
+/// address it names is on this machine: for `--bind` and `--redis`.
+pub async fn loopback_addr(flag: &str, host_port: &str) -> Result<SocketAddr, BenchError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(host_port)
+        .await
+        .map_err(|e| BenchError::Usage(format!("{flag} {host_port}: {e}")))?
+        .collect();
+    if addrs.is_empty() || !addrs.iter().all(|a| is_loopback(a.ip())) {
+        return Err(BenchError::NotLoopback(format!("{flag} {host_port}")));
+    }
+    Ok(addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .copied()
+        .unwrap_or(addrs[0]))
 }
 
 /// Client source addresses: 127.0.0.1..=127.0.0.n for an IPv4 target.

@@ -13,8 +13,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// A request on `patterns:stats` (joined with join_ref "0"); returns the
-/// reply's `response` and consumes the push that follows it.
-async fn ask(ws: &mut Ws, n: u64, event: &str, push: &str) -> Result<Value, BenchError> {
+/// reply's `response` and consumes the push that follows an ok reply.
+/// An error reply (`rate limited` when the node's per-socket limits are
+/// not raised) is `Err` with its reason; it has no push.
+async fn ask(
+    ws: &mut Ws,
+    n: u64,
+    event: &str,
+    push: &str,
+) -> Result<Result<Value, String>, BenchError> {
     let reference = format!("c{n}");
     ws.send_text(&format!(
         "[\"0\",\"{reference}\",\"patterns:stats\",\"{event}\",{{}}]"
@@ -26,8 +33,15 @@ async fn ask(ws: &mut Ws, n: u64, event: &str, push: &str) -> Result<Value, Benc
         .await
         .map_err(failed)?
         .ok_or_else(|| failed("unparsable reply"))?;
+    if v[4]["status"] != "ok" {
+        let reason = v[4]["response"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        return Ok(Err(reason));
+    }
     ws.await_event(push).await.map_err(failed)?;
-    Ok(v[4]["response"].clone())
+    Ok(Ok(v[4]["response"].clone()))
 }
 
 pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, BenchError> {
@@ -38,7 +52,9 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
         let (mut ws, _, _) = worker::open_joined(&target, None, &["patterns:stats".into()])
             .await
             .map_err(|e| failed(format!("{}: {e}", ep.host)))?;
-        let local = ask(&mut ws, 0, "get_local_stats", "local_stats").await?;
+        let local = ask(&mut ws, 0, "get_local_stats", "local_stats")
+            .await?
+            .map_err(|e| failed(format!("{}: get_local_stats refused: {e}", ep.host)))?;
         names.push(local["node"].as_str().unwrap_or("").to_string());
         socks.push(ws);
     }
@@ -46,6 +62,7 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
     let mut lat = Hist::default();
     let mut leave_lat = Hist::default();
     let (mut missed, mut sizes) = (0u64, BTreeMap::<u64, u64>::new());
+    let mut refused = BTreeMap::<String, u64>::new();
     let mut q = 1u64;
     let pb = bar(args.rounds, "rounds");
     let run_id = std::process::id();
@@ -79,7 +96,16 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
                 let mut still = Vec::new();
                 for &o in &waiting {
                     q += 1;
-                    let stats = ask(&mut socks[o], q, "get_cluster_stats", "cluster_stats").await?;
+                    let stats =
+                        match ask(&mut socks[o], q, "get_cluster_stats", "cluster_stats").await? {
+                            Ok(stats) => stats,
+                            Err(reason) => {
+                                // Not seen this poll; counted, and asked again.
+                                *refused.entry(reason).or_default() += 1;
+                                still.push(o);
+                                continue;
+                            }
+                        };
                     if let Some(size) = stats["cluster_size"].as_u64() {
                         *sizes.entry(size).or_default() += 1;
                     }
@@ -130,6 +156,7 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
         "join_visible": lat.summary(),
         "leave_visible": leave_lat.summary(),
         "missed": missed,
+        "refused_polls": refused,
     }))
 }
 
@@ -145,7 +172,7 @@ pub(super) fn summary(r: &Value, line: &mut impl FnMut(String)) {
     line(format!("  join visible  {}", lat_line(&r["join_visible"])));
     line(format!("  leave visible {}", lat_line(&r["leave_visible"])));
     line(format!(
-        "  missed (not seen within 5 s) {}, cluster_size seen {}",
-        r["missed"], r["cluster_sizes_seen"]
+        "  missed (not seen within 5 s) {}, cluster_size seen {}, refused polls {}",
+        r["missed"], r["cluster_sizes_seen"], r["refused_polls"]
     ));
 }

@@ -1,10 +1,12 @@
 //! `bench fanout`: N subscribers on one topic, M messages published over
-//! HTTP or by a member; deliveries, losses and latency.
+//! HTTP or by a member; deliveries, losses and latency. The member count
+//! is checked when the target has headcount's `/api/stats`.
 
 use super::failed;
-use super::measure::{counts, quiet_counts, Cpu};
+use super::measure::{counts, quiet_counts, Cpu, NO_STATS};
 use super::pool::{bar, specs_for, worker_count, Pool};
 use super::report::{cpu_line, lat_line, per_s, round3};
+use crate::client::Status;
 use crate::hist::Hist;
 use crate::http::Http;
 use crate::worker::{self, now_us, Event, Kind};
@@ -27,21 +29,32 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
     let open = pool.opened(n as u64, "subscribe").await?;
     let subscribers = open["opened"].as_u64().unwrap_or(0);
     let before = counts(ep).await?;
-    let members_before = before.by_topic.get(&topic).copied().unwrap_or(0)
-        - base.by_topic.get(&topic).copied().unwrap_or(0);
+    let members_before = match (&base, &before) {
+        (Some(base), Some(before)) => Some(
+            before.by_topic.get(&topic).copied().unwrap_or(0)
+                - base.by_topic.get(&topic).copied().unwrap_or(0),
+        ),
+        _ => None,
+    };
 
     // Publishers: HTTP connections, or client sockets joined to the topic.
     let target = ep.target();
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let rate_limited = Arc::new(AtomicU64::new(0));
     let messages = args.messages;
     let cpu = Cpu::now(args, &pool);
     let start_us = now_us();
     let start = Instant::now();
     let mut pubs = tokio::task::JoinSet::new();
     for p in 0..args.publishers.max(1) {
-        let (next, errors, target, topic) =
-            (next.clone(), errors.clone(), target.clone(), topic.clone());
+        let (next, errors, rate_limited, target, topic) = (
+            next.clone(),
+            errors.clone(),
+            rate_limited.clone(),
+            target.clone(),
+            topic.clone(),
+        );
         let (mode, rate, addr) = (args.publish, args.publish_rate, ep.addr);
         let mut ws = match mode {
             Publish::Client => Some(
@@ -79,10 +92,14 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
                         let frame = format!(
                             "[\"0\",\"{reference}\",\"{topic}\",\"broadcast\",{{\"event\":\"bench\",\"payload\":{payload}}}]"
                         );
-                        match ws.send_text(&frame).await {
-                            Ok(()) => matches!(ws.await_reply(&reference).await, Ok(true)),
-                            Err(_) => false,
+                        let status = match ws.send_text(&frame).await {
+                            Ok(()) => ws.await_status(&reference).await.ok(),
+                            Err(_) => None,
+                        };
+                        if status.as_ref().is_some_and(Status::is_rate_limited) {
+                            rate_limited.fetch_add(1, Ordering::Relaxed);
                         }
+                        status == Some(Status::Ok)
                     }
                 };
                 if !ok {
@@ -156,6 +173,8 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
             "publish_rate_target": args.publish_rate,
             "messages": messages,
             "publish_errors": publish_errors,
+            "publish_rate_limited": rate_limited.load(Ordering::Relaxed),
+            "server_stats": if base.is_some() { Value::Null } else { Value::from(NO_STATS) },
             "publish_s": round3(publish_s),
             "messages_per_s": per_s(messages, publish_s),
             "subscribe": open,
@@ -179,9 +198,13 @@ pub(super) fn summary(r: &Value, line: &mut impl FnMut(String)) {
         r["subscribers"], r["topic"], r["messages"], r["publish"], r["publishers"]
     ));
     line(format!(
-        "  published in {} s ({} msg/s), errors {}",
-        r["publish_s"], r["messages_per_s"], r["publish_errors"]
+        "  published in {} s ({} msg/s), errors {} (rate limited {})",
+        r["publish_s"], r["messages_per_s"], r["publish_errors"], r["publish_rate_limited"]
     ));
+    match r["members_seen_by_server"].as_u64() {
+        Some(m) => line(format!("  members seen by the server: {m}")),
+        None => line(format!("  {}", r["server_stats"].as_str().unwrap_or(""))),
+    }
     line(format!(
         "  delivered {} of {} (lost {}, duplicates {}, subscribers closed {}) in {} s → {} deliveries/s",
         r["delivered"], r["expected_deliveries"], r["lost"], r["duplicates"],

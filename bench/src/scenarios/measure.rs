@@ -1,5 +1,6 @@
 //! What the coordinator reads off the server while a scenario runs: its
-//! counts over HTTP, its RSS, and the CPU both sides have used.
+//! counts over HTTP (when it has headcount's `/api/stats`), counters from
+//! its `/metrics`, its RSS, and the CPU both sides have used.
 
 use super::failed;
 use super::pool::Pool;
@@ -17,7 +18,10 @@ pub(super) struct Counts {
     pub(super) by_topic: BTreeMap<String, u64>,
 }
 
-pub(super) async fn counts(ep: &Endpoint) -> Result<Counts, BenchError> {
+/// The server's counts from headcount's `GET /api/stats`; `None` when the
+/// target has no such route (the floor server, Phoenix: any answer but 200
+/// or 503), so that scenarios skip their count checks and say so.
+pub(super) async fn counts(ep: &Endpoint) -> Result<Option<Counts>, BenchError> {
     // A node at its file limit answers 503 until it has a descriptor to
     // spare: retry for a few seconds.
     let mut tries = 0;
@@ -26,11 +30,13 @@ pub(super) async fn counts(ep: &Endpoint) -> Result<Counts, BenchError> {
         let mut http = Http::new(ep.addr);
         match http.request("GET", "/api/stats", None).await {
             Ok((200, body)) => break body,
-            Ok((status, _)) if tries >= 30 => {
-                return Err(failed(format!("GET /api/stats answered {status}")))
+            Ok((503, _)) if tries >= 30 => {
+                return Err(failed("GET /api/stats answered 503 for 3 s"))
             }
+            Ok((503, _)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(_) => return Ok(None),
             Err(e) if tries >= 30 => return Err(failed(format!("GET /api/stats: {e}"))),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
     let v: Value = serde_json::from_str(&body).map_err(failed)?;
@@ -43,45 +49,108 @@ pub(super) async fn counts(ep: &Endpoint) -> Result<Counts, BenchError> {
             by_topic.insert(topic.clone(), n);
         }
     }
-    Ok(Counts {
+    Ok(Some(Counts {
         connections: v["connection_count"].as_u64().unwrap_or(0),
         sockets: v["socket_count"].as_u64().unwrap_or(0),
         by_topic,
-    })
+    }))
+}
+
+/// What a report says when the target has no stats to check against.
+pub(super) const NO_STATS: &str =
+    "target has no GET /api/stats (not headcount): count checks skipped";
+
+/// `{"sockets", "connections"}` of a read, or null without stats.
+pub(super) fn brief(c: &Option<Counts>) -> Value {
+    c.as_ref().map_or(
+        Value::Null,
+        |c| json!({"sockets": c.sockets, "connections": c.connections}),
+    )
 }
 
 /// The baseline: counts that hold still for 300 ms (sockets of an earlier
-/// run may still be closing), or the last read after 10 s.
-pub(super) async fn quiet_counts(ep: &Endpoint) -> Result<Counts, BenchError> {
+/// run may still be closing), or the last read after 10 s; `None` at once
+/// when the target has no stats.
+pub(super) async fn quiet_counts(ep: &Endpoint) -> Result<Option<Counts>, BenchError> {
     let start = Instant::now();
-    let mut last = counts(ep).await?;
+    let Some(mut last) = counts(ep).await? else {
+        return Ok(None);
+    };
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = counts(ep).await?;
+        let Some(now) = counts(ep).await? else {
+            return Ok(None);
+        };
         if now == last || start.elapsed() > Duration::from_secs(10) {
-            return Ok(now);
+            return Ok(Some(now));
         }
         last = now;
     }
 }
 
-/// Polls the server's counts until `done` holds or `limit` passes.
+/// Polls the server's counts until `done` holds or `limit` passes: the
+/// last counts, whether `done` held, and the seconds it took; `None`
+/// without stats.
 pub(super) async fn counts_until(
     ep: &Endpoint,
     limit: Duration,
     done: impl Fn(&Counts) -> bool,
-) -> Result<(Counts, bool, f64), BenchError> {
+) -> Result<Option<(Counts, bool, f64)>, BenchError> {
     let start = Instant::now();
     loop {
-        let c = counts(ep).await?;
+        let Some(c) = counts(ep).await? else {
+            return Ok(None);
+        };
         if done(&c) {
-            return Ok((c, true, start.elapsed().as_secs_f64()));
+            return Ok(Some((c, true, start.elapsed().as_secs_f64())));
         }
         if start.elapsed() >= limit {
-            return Ok((c, false, start.elapsed().as_secs_f64()));
+            return Ok(Some((c, false, start.elapsed().as_secs_f64())));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The sum of a Prometheus counter over all its label sets, from the
+/// target's `GET /metrics`; `None` when there is no such route or no such
+/// counter (a node that does not export it).
+pub(super) async fn metric_total(ep: &Endpoint, name: &str) -> Option<f64> {
+    let (status, body) = Http::new(ep.addr)
+        .request("GET", "/metrics", None)
+        .await
+        .ok()?;
+    if status != 200 {
+        return None;
+    }
+    prometheus_sum(&body, name)
+}
+
+/// The sum of `name`'s samples in Prometheus text (`name 12`, `name{…} 3`).
+pub(super) fn prometheus_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let rest = if let Some(labelled) = rest.strip_prefix('{') {
+            match labelled.find('}') {
+                Some(i) => &labelled[i + 1..],
+                None => continue,
+            }
+        } else if rest.starts_with(' ') {
+            rest
+        } else {
+            continue; // another metric whose name starts with this one
+        };
+        if let Some(v) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }
 
 pub(super) fn rss(args: &BenchArgs) -> Option<u64> {
@@ -132,5 +201,27 @@ impl Cpu {
             "client_cores": share(client),
             "client_us_per_unit": per(client),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_counters_are_summed_over_labels() {
+        let text = "# HELP headcount_redis_commands_total Redis commands sent\n\
+            # TYPE headcount_redis_commands_total counter\n\
+            headcount_redis_commands_total{command=\"hincrby\"} 120\n\
+            headcount_redis_commands_total{command=\"publish\"} 30\n\
+            headcount_redis_commands_total_extra 999\n\
+            headcount_joins_total 5\n";
+        assert_eq!(
+            prometheus_sum(text, "headcount_redis_commands_total"),
+            Some(150.0)
+        );
+        assert_eq!(prometheus_sum(text, "headcount_joins_total"), Some(5.0));
+        assert_eq!(prometheus_sum(text, "headcount_leaves_total"), None);
+        assert_eq!(prometheus_sum("x 1e3\n", "x"), Some(1000.0));
     }
 }

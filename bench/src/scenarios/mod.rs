@@ -2,17 +2,19 @@
 //! phases, read the server's counts and RSS, and build the report (a JSON
 //! object, and a human summary made from it). One module per scenario; what
 //! they share is in `pool` (workers), `measure` (server) and `report`.
+//! `floor-server` is dispatched from here too, to `crate::floor`.
 
 mod churn;
 mod cluster;
 mod fanout;
 mod hold;
 mod measure;
+mod occupancy;
 mod pool;
 mod query;
 mod report;
 
-use super::{endpoint, BenchArgs, BenchError, Scenario};
+use super::{endpoint, loopback_addr, BenchArgs, BenchError, Scenario};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -20,6 +22,9 @@ use std::time::Duration;
 /// JSON object with `--json`. The caller raises the open-file limit first
 /// (the `headcount` binary does, before it calls this).
 pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
+    if args.scenario == Scenario::FloorServer {
+        return floor_server(&args).await;
+    }
     if args.url.is_empty() {
         return Err(BenchError::Usage("--url is required".into()));
     }
@@ -28,6 +33,14 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         endpoints.push(endpoint(url).await?);
     }
     check_bounds(&args)?;
+    // Checked before any socket opens.
+    let redis = match &args.redis {
+        Some(url) => {
+            let host_port = crate::redis_info::host_port(url).map_err(BenchError::Usage)?;
+            Some(loopback_addr("--redis", &host_port).await?)
+        }
+        None => None,
+    };
     let limit = Duration::from_secs_f64(args.timeout.max(1.0));
     let work = async {
         match args.scenario {
@@ -36,11 +49,36 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
             Scenario::Query => query::run(&args, &endpoints[0]).await,
             Scenario::Churn => churn::run(&args, &endpoints[0]).await,
             Scenario::Cluster => cluster::run(&args, &endpoints).await,
+            Scenario::Occupancy => occupancy::run(&args, &endpoints, redis).await,
+            Scenario::FloorServer => unreachable!("served above"),
         }
     };
     let report = tokio::time::timeout(limit, work)
         .await
         .map_err(|_| BenchError::Failed(format!("gave up after --timeout {}s", args.timeout)))??;
+    Ok(if args.json {
+        report.to_string()
+    } else {
+        human(&report)
+    })
+}
+
+/// `bench floor-server`: serves until SIGINT or SIGTERM (not bounded by
+/// `--timeout`: it is the server side), then prints what it served.
+async fn floor_server(args: &BenchArgs) -> Result<String, BenchError> {
+    let bind = loopback_addr("--bind", &args.bind).await?;
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before the start line: a signal sent as soon as the line is
+    // seen must stop the server, not kill the process.
+    let mut term = signal(SignalKind::terminate()).map_err(failed)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(failed)?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let report = crate::floor::run(bind, shutdown).await?;
     Ok(if args.json {
         report.to_string()
     } else {
@@ -68,6 +106,21 @@ fn check_bounds(args: &BenchArgs) -> Result<(), BenchError> {
     if args.workers > 64 {
         return bad("--workers: at most 64");
     }
+    if args.scenario == Scenario::Query && args.topics == 0 {
+        return bad("--topics: query needs at least 1");
+    }
+    if !(1..=100).contains(&args.topics_per_query) {
+        return bad("--topics-per-query: 1 to 100 (SPEC §7.2)");
+    }
+    if args.limit.is_some_and(|l| !(1..=100_000).contains(&l)) {
+        return bad("--limit: 1 to 100,000 (SPEC §7.3)");
+    }
+    if args.token_secret.as_deref() == Some("") {
+        return bad("--token-secret must not be empty");
+    }
+    if args.scenario == Scenario::Occupancy {
+        occupancy::check(args)?;
+    }
     Ok(())
 }
 
@@ -87,6 +140,8 @@ fn human(r: &Value) -> String {
         "query" => query::summary(r, &mut line),
         "churn" => churn::summary(r, &mut line),
         "cluster" => cluster::summary(r, &mut line),
+        "occupancy" => occupancy::summary(r, &mut line),
+        "floor-server" => crate::floor::summary(r, &mut line),
         _ => line(r.to_string()),
     }
     out

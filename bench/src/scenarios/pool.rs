@@ -5,6 +5,7 @@
 use super::failed;
 use super::report::{per_s, round3};
 use crate::hist::Hist;
+use crate::token::TokenSpec;
 use crate::worker::{self, Command, Event, Kind, Outcome, Setup, WorkerSpec};
 use crate::{cpu_seconds, source_addrs, BenchArgs, BenchError, Endpoint, QueryEvent};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -248,15 +249,43 @@ pub(super) fn base_spec(args: &BenchArgs, ep: &Endpoint, kind: Kind, workers: us
         heartbeat_ms: args.heartbeat_ms,
         messages: args.messages,
         query_sockets: 0,
-        query_event: match args.event {
-            QueryEvent::Local => "get_local_stats".into(),
-            QueryEvent::Cluster => "get_cluster_stats".into(),
-        },
+        query_event: query_event(args.event).into(),
+        query_payload: stats_filters(args).to_string(),
+        topics_per_query: args.topics_per_query,
         duration_ms: (args.duration * 1000.0) as u64,
-        max_queries: args.queries,
+        max_queries: args.queries.unwrap_or(1_000_000),
         cycles: 0,
         abrupt_every: args.abrupt_every,
+        token: token_spec(args),
     }
+}
+
+pub(super) fn query_event(e: QueryEvent) -> &'static str {
+    match e {
+        QueryEvent::Local => "get_local_stats",
+        QueryEvent::Cluster => "get_cluster_stats",
+        QueryEvent::Occupancy => "get_occupancy",
+    }
+}
+
+/// The `limit` / `prefix` payload of a stats query (SPEC §7.3), `{}` without them.
+pub(super) fn stats_filters(args: &BenchArgs) -> Value {
+    let mut filters = serde_json::Map::new();
+    if let Some(limit) = args.limit {
+        filters.insert("limit".into(), limit.into());
+    }
+    if let Some(prefix) = &args.prefix {
+        filters.insert("prefix".into(), prefix.clone().into());
+    }
+    Value::Object(filters)
+}
+
+pub(super) fn token_spec(args: &BenchArgs) -> Option<TokenSpec> {
+    args.token_secret.as_ref().map(|secret| TokenSpec {
+        secret: secret.clone(),
+        topics: args.token_topics.clone(),
+        token_in: args.token_in,
+    })
 }
 
 pub(super) fn specs_for(
@@ -304,10 +333,16 @@ pub(super) fn merge_setups(setups: &[Setup]) -> Value {
     } else {
         0.0
     };
+    let rate_limited: u64 = errors
+        .iter()
+        .filter(|(k, _)| k.contains(crate::client::RATE_LIMITED))
+        .map(|(_, v)| v)
+        .sum();
     json!({
         "opened": opened,
         "failed": failed_n,
         "errors": errors,
+        "rate_limited": rate_limited,
         "seconds": round3(secs),
         "connect_join_per_s": per_s(opened, secs),
         "connect_latency": connect.summary(),

@@ -1,7 +1,7 @@
 //! A worker's share of `bench churn`: concurrent connect/join/leave/close
 //! cycles, every n-th dropped abruptly.
 
-use super::open::{error_name, open_joined, source, target, topic};
+use super::open::{credential, error_name, open_joined_with, source, target, topic};
 use super::{lock, Command, Event, Link, Outcome, Setup, WorkerSpec};
 use crate::client::{self, Target, OP_CLOSE};
 use crate::hist::Hist;
@@ -100,9 +100,16 @@ async fn cycle(
     let topics: Vec<String> = (0..per as u64)
         .map(|j| topic(spec, ((i * per as u64 + j) % k) as usize))
         .collect();
-    let (mut ws, _, _) = open_joined(target, source(spec, global as usize), &topics)
-        .await
-        .map_err(|e| (e, 0))?;
+    let credential = credential(spec, global as usize).map_err(|e| (e, 0))?;
+    let (mut ws, _, _) = open_joined_with(
+        target,
+        source(spec, global as usize),
+        &topics,
+        "{}",
+        credential.as_ref(),
+    )
+    .await
+    .map_err(|e| (e, 0))?;
     let mut ops = 1 + topics.len() as u64;
     if spec.abrupt_every > 0 && i % spec.abrupt_every == spec.abrupt_every - 1 {
         client::set_linger_zero(&ws.stream);

@@ -4,6 +4,7 @@
 //! several as `headcount bench-worker` child processes (each has its own
 //! open-file limit) that speak JSON lines over stdin/stdout.
 
+mod asker;
 mod churn;
 mod fanout;
 mod hold;
@@ -11,10 +12,11 @@ mod open;
 mod query;
 mod stdio;
 
-pub use open::open_joined;
+pub use open::{open_joined, open_joined_with};
 pub use stdio::main_stdio;
 
 use super::hist::WireHist;
+use super::token::TokenSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -55,15 +57,21 @@ pub struct WorkerSpec {
     pub heartbeat_ms: u64,
     /// fanout: messages each subscriber expects.
     pub messages: u64,
-    /// query: sockets asking, the event, and how long or how many.
+    /// query: sockets asking, the event, its payload (local and cluster
+    /// stats: the `limit`/`prefix` filters; occupancy: built per query from
+    /// `topics_per_query` random topics), and how long or how many.
     pub query_sockets: usize,
     pub query_event: String,
+    pub query_payload: String,
+    pub topics_per_query: usize,
     pub duration_ms: u64,
     pub max_queries: u64,
     /// churn: cycles for this worker, joins per cycle, every n-th cycle ends
     /// abruptly (no leave, no close frame; 0 = never).
     pub cycles: u64,
     pub abrupt_every: u64,
+    /// Sign a token for every socket opened (`--token-secret`).
+    pub token: Option<TokenSpec>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -106,11 +114,18 @@ pub struct Outcome {
     pub first_us: u64,
     pub last_us: u64,
     pub latency: WireHist,
-    /// query: answers, their span, the last connection_count seen.
+    /// query: answers, their span, the last connection_count seen; error
+    /// replies by reason and `rate limited` ones apart (I/O errors and
+    /// timeouts count in `errors` too), the bytes of the ok replies, and
+    /// what the last ok reply held (`reply_check`).
     pub answered: u64,
     pub errors: u64,
     pub elapsed_us: u64,
     pub last_connection_count: u64,
+    pub rate_limited: u64,
+    pub error_reasons: BTreeMap<String, u64>,
+    pub reply_bytes: u64,
+    pub reply_check: serde_json::Value,
     /// churn: cycles and operations completed, failures.
     pub cycles: u64,
     pub ops: u64,

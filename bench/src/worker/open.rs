@@ -1,9 +1,11 @@
 //! Opening sockets, shared by every worker scenario: one joined socket, or
-//! many at the spec's rate, with their connect and join times.
+//! many at the spec's rate, with their connect and join times, each with a
+//! freshly signed token when the spec has a token secret.
 
 use super::{now_us, Setup, WorkerSpec};
-use crate::client::{Target, Ws};
+use crate::client::{Status, Target, Ws};
 use crate::hist::Hist;
+use crate::token::Credential;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,19 +47,33 @@ pub async fn open_joined(
     source: Option<IpAddr>,
     topics: &[String],
 ) -> Result<(Ws, u64, u64), String> {
+    open_joined_with(target, source, topics, "{}", None).await
+}
+
+/// As [`open_joined`], with the join payload `params` (JSON) and a token.
+/// A refused join is the error `join refused: <reason>`.
+pub async fn open_joined_with(
+    target: &Target,
+    source: Option<IpAddr>,
+    topics: &[String],
+    params: &str,
+    credential: Option<&Credential>,
+) -> Result<(Ws, u64, u64), String> {
     let t0 = Instant::now();
-    let mut ws = Ws::connect(target, source)
+    let mut ws = Ws::connect_as(target, source, credential)
         .await
         .map_err(|e| error_name(&e))?;
     let t1 = Instant::now();
     for (j, topic) in topics.iter().enumerate() {
-        ws.queue_text(&format!("[\"{j}\",\"{j}\",\"{topic}\",\"phx_join\",{{}}]"));
+        ws.queue_text(&format!(
+            "[\"{j}\",\"{j}\",\"{topic}\",\"phx_join\",{params}]"
+        ));
     }
     ws.flush().await.map_err(|e| error_name(&e))?;
     for j in 0..topics.len() {
-        match ws.await_reply(&j.to_string()).await {
-            Ok(true) => {}
-            Ok(false) => return Err("join refused".into()),
+        match ws.await_status(&j.to_string()).await {
+            Ok(Status::Ok) => {}
+            Ok(Status::Error(reason)) => return Err(format!("join refused: {reason}")),
             Err(e) => return Err(error_name(&e)),
         }
     }
@@ -67,6 +83,14 @@ pub async fn open_joined(
         (t1 - t0).as_micros() as u64,
         (t2 - t1).as_micros() as u64,
     ))
+}
+
+/// The token socket `global` presents, if the spec signs any.
+pub(super) fn credential(spec: &WorkerSpec, global: usize) -> Result<Option<Credential>, String> {
+    spec.token
+        .as_ref()
+        .map(|t| t.credential(global))
+        .transpose()
 }
 
 /// Opens the worker's sockets (global indices `spec.first..` on) at the
@@ -119,9 +143,12 @@ pub(super) async fn open_many(
         }
         let permit = permits.clone().acquire_owned().await;
         let (target, src, topics) = (target.clone(), source(spec, global), topics_of(global));
+        let credential = credential(spec, global);
         set.spawn(async move {
             let _permit = permit;
-            tokio::time::timeout(Duration::from_secs(30), open_joined(&target, src, &topics))
+            let credential = credential?;
+            let open = open_joined_with(&target, src, &topics, "{}", credential.as_ref());
+            tokio::time::timeout(Duration::from_secs(30), open)
                 .await
                 .unwrap_or_else(|_| Err("timed out".into()))
         });

@@ -1,10 +1,10 @@
 //! A worker's share of `bench query`: populate its topics; the first worker
-//! also asks for stats in a closed loop and times the answers.
+//! also asks (stats or occupancy) in a closed loop and times the answers.
+//! What one asker does and what a reply is checked for is in `asker`.
 
+use super::asker::{check_reply, Asked, Asker};
 use super::open::{open_joined, open_many, source, target, topic};
 use super::{lock, Command, Event, Link, Outcome, WorkerSpec};
-use crate::client::{self};
-use crate::hist::Hist;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,64 +45,21 @@ pub(super) async fn run(spec: &WorkerSpec, link: &mut Link) -> Result<(), String
     link.progress.store(0, Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_millis(spec.duration_ms);
     let budget = Arc::new(AtomicU64::new(spec.max_queries));
-    let latency = Arc::new(Mutex::new(Hist::default()));
-    let errors = Arc::new(AtomicU64::new(0));
-    let last_count = Arc::new(AtomicU64::new(0));
+    let shared = Arc::new(Mutex::new(Asked::default()));
     let counter = Arc::new(AtomicU64::new(0));
-    let event = spec.query_event.clone();
-    let push = if event == "get_cluster_stats" {
-        "cluster_stats"
-    } else {
-        "local_stats"
-    };
     let start = Instant::now();
     let mut set = JoinSet::new();
-    for mut ws in askers {
-        let (budget, latency, errors, last_count, counter, event) = (
+    for (i, ws) in askers.into_iter().enumerate() {
+        let (budget, shared, counter, spec) = (
             budget.clone(),
-            latency.clone(),
-            errors.clone(),
-            last_count.clone(),
+            shared.clone(),
             counter.clone(),
-            event.clone(),
+            spec.clone(),
         );
         set.spawn(async move {
-            let mut local = Hist::default();
-            let mut n = 0u64;
-            while Instant::now() < deadline
-                && budget
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
-                    .is_ok()
-            {
-                n += 1;
-                let reference = format!("q{n}");
-                let frame = format!("[\"0\",\"{reference}\",\"patterns:stats\",\"{event}\",{{}}]");
-                let t0 = Instant::now();
-                let r = async {
-                    ws.send_text(&frame).await?;
-                    let count = ws.await_reply_with(&reference, |data| {
-                        client::number_after(data, b"\"connection_count\":")
-                    });
-                    let count = count.await?;
-                    let dt = t0.elapsed().as_micros() as u64;
-                    // The same figures follow as a push; take it before the
-                    // next request so it is not counted in that one's time.
-                    ws.await_event(push).await?;
-                    Ok::<_, std::io::Error>((count, dt))
-                };
-                match tokio::time::timeout(Duration::from_secs(10), r).await {
-                    Ok(Ok((Some(c), dt))) => {
-                        local.record(dt);
-                        last_count.store(c, Ordering::Relaxed);
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                }
-            }
-            lock(&latency).merge(&local);
+            let mut asker = Asker::new(&spec, i);
+            let ws = asker.run(ws, deadline, &budget, &counter).await;
+            lock(&shared).merge(asker.asked);
             // Kept open until every asker is done, so none of them sees
             // another's socket go.
             ws
@@ -124,16 +81,26 @@ pub(super) async fn run(spec: &WorkerSpec, link: &mut Link) -> Result<(), String
     let elapsed = start.elapsed().as_micros() as u64;
     link.progress
         .store(counter.load(Ordering::Relaxed), Ordering::Relaxed);
-    let h = lock(&latency).clone();
+    let asked = std::mem::take(&mut *lock(&shared));
     let _ = link
         .events
         .send(Event::Progress(link.progress.load(Ordering::Relaxed)));
+    let reply_check = asked
+        .sample
+        .as_ref()
+        .map_or(serde_json::Value::Null, |(reply, topics)| {
+            check_reply(&spec.query_event, reply, topics, &spec.query_payload)
+        });
     let _ = link.events.send(Event::Done(Outcome {
-        answered: h.count(),
-        errors: errors.load(Ordering::Relaxed),
+        answered: asked.latency.count(),
+        errors: asked.errors,
         elapsed_us: elapsed,
-        last_connection_count: last_count.load(Ordering::Relaxed),
-        latency: h.to_wire(),
+        last_connection_count: asked.last_count,
+        latency: asked.latency.to_wire(),
+        rate_limited: asked.rate_limited,
+        error_reasons: asked.reasons,
+        reply_bytes: asked.reply_bytes,
+        reply_check,
         ..Outcome::default()
     }));
     // Every worker's populating sockets stay until all have finished
