@@ -37,6 +37,7 @@ mod throttle;
 mod topics;
 mod transport;
 mod trim;
+mod webhooks;
 
 pub use bus::{Bus, Event};
 pub use config::Config;

@@ -69,6 +69,9 @@ pub enum SocketRefusal {
 
 const SOCKET_REASONS: [&str; 4] = ["limit", "draining", "origin", "per_ip"];
 
+/// How a webhook batch's try went (label `outcome`).
+const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "failed", "dropped"];
+
 /// Why a socket's token was refused (in the order of `auth::AuthFailure`).
 const AUTH_REASONS: [&str; 3] = ["missing_token", "invalid_token", "expired_token"];
 
@@ -79,6 +82,9 @@ pub struct Metrics {
     frame_rejections: [Counter; 5],
     socket_refusals: [Counter; 4],
     auth_failures: [Counter; 3],
+    webhook_deliveries: [Counter; 3],
+    /// Webhook events this node holds: its batch in flight and its queue.
+    pub webhook_pending: Gauge,
     pub slow_consumer_closes: Counter,
     pub rate_limit_closes: Counter,
     pub token_expiries: Counter,
@@ -156,6 +162,19 @@ impl Metrics {
                 "WebSocket upgrades refused for their token, by reason",
                 &AUTH_REASONS,
             )),
+            webhook_deliveries: array(
+                WEBHOOK_OUTCOMES
+                    .iter()
+                    .map(|o| {
+                        counter(
+                            "headcount_webhook_deliveries_total",
+                            vec![Label::new("outcome", *o)],
+                            "Webhook batch tries, by outcome (failed ones are retried until dropped)",
+                        )
+                    })
+                    .collect(),
+            ),
+            webhook_pending: recorder.register_gauge(&Key::from_name("headcount_webhook_pending"), &META),
             rate_limit_closes: counter(
                 "headcount_rate_limit_closes_total",
                 vec![],
@@ -253,6 +272,11 @@ impl Metrics {
         );
         g("headcount_topics", None, "Topics with at least one member");
         g(
+            "headcount_webhook_pending",
+            None,
+            "Webhook events this node holds for delivery",
+        );
+        g(
             "headcount_presence_users",
             None,
             "Distinct presence users of each built-in presence topic, cluster-wide",
@@ -325,6 +349,12 @@ impl Metrics {
 
     pub fn frame_rejected(&self, why: FrameRejection) {
         self.frame_rejections[why as usize].increment(1);
+    }
+
+    pub fn webhook_delivery(&self, outcome: &str) {
+        if let Some(i) = WEBHOOK_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.webhook_deliveries[i].increment(1);
+        }
     }
 
     pub fn socket_refused(&self, why: SocketRefusal) {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{watch, Notify};
 
@@ -85,6 +85,9 @@ struct Shard {
     /// Topics with watchers whose cluster-wide count may have changed since
     /// the occupancy task last asked.
     watched: HashSet<Arc<str>>,
+    /// Topics whose cluster-wide count may have changed since the webhook
+    /// task last asked (kept only with `--webhook-url`).
+    hooked: HashSet<Arc<str>>,
 }
 
 /// A socket refused by the registry.
@@ -139,6 +142,8 @@ pub struct Registry {
     listing: Mutex<Option<Arc<Listing>>>,
     /// Whether topics that changed are remembered for the cluster writer.
     track_changes: bool,
+    /// Whether topics that changed are remembered for the webhook task.
+    track_hooks: AtomicBool,
     /// Woken when a watched topic may have changed.
     watched: Notify,
 }
@@ -169,6 +174,7 @@ impl Registry {
             changes: watch::Sender::new(0),
             listing: Mutex::new(None),
             track_changes,
+            track_hooks: AtomicBool::new(false),
             watched: Notify::new(),
         })
     }
@@ -270,6 +276,9 @@ impl Registry {
         if self.track_changes && !shard.changed.contains(topic) {
             shard.changed.insert(topic.clone());
         }
+        if self.track_hooks.load(Ordering::Relaxed) && !shard.hooked.contains(topic) {
+            shard.hooked.insert(topic.clone());
+        }
         if watched && !shard.watched.contains(topic) {
             shard.watched.insert(topic.clone());
             self.watched.notify_one();
@@ -281,6 +290,9 @@ impl Registry {
     /// member here watches it.
     pub fn touch(&self, topic: &str) {
         let mut shard = self.shard(topic);
+        if self.track_hooks.load(Ordering::Relaxed) && !shard.hooked.contains(topic) {
+            shard.hooked.insert(Arc::from(topic));
+        }
         let Some((key, entry)) = shard.topics.get_key_value(topic) else {
             return;
         };
@@ -289,6 +301,21 @@ impl Registry {
             shard.watched.insert(key);
             self.watched.notify_one();
         }
+    }
+
+    /// From now on, remembers every topic whose cluster-wide count may have
+    /// changed, for `take_hooked` (the webhook task).
+    pub fn track_hooks(&self) {
+        self.track_hooks.store(true, Ordering::SeqCst);
+    }
+
+    /// Topics whose cluster-wide count may have changed since the last call.
+    pub fn take_hooked(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(lock(shard).hooked.drain());
+        }
+        out
     }
 
     /// Topics whose count changed since the last call (cluster mode).

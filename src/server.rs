@@ -8,7 +8,7 @@ use crate::context::Ctx;
 use crate::context::SetupError;
 use crate::http::Peer;
 use crate::metrics::SocketRefusal;
-use crate::{channels, http, summary, trim};
+use crate::{channels, http, summary, trim, webhooks};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
@@ -116,6 +116,16 @@ impl Server {
         until_stopped(Box::pin(channels::stats::run_changes(ctx.clone())));
         until_stopped(Box::pin(channels::run_occupancy(ctx.clone())));
         until_stopped(Box::pin(channels::run_presence(ctx.clone())));
+        if ctx.config.webhook_url.is_some() {
+            ctx.registry.track_hooks();
+            ctx.presence.track_hooks();
+            let store = Arc::new(match ctx.cluster.redis_access() {
+                Some(access) => webhooks::Store::redis(access),
+                None => webhooks::Store::memory(),
+            });
+            until_stopped(Box::pin(webhooks::watch(ctx.clone(), store.clone())));
+            until_stopped(Box::pin(webhooks::deliver(ctx.clone(), store)));
+        }
         until_stopped(Box::pin(summary::run(
             ctx.registry.clone(),
             ctx.config.node.clone(),

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use view::View;
 
-pub use self::redis::{RedisSettings, RedisSetupError};
+pub use self::redis::{RedisAccess, RedisSettings, RedisSetupError};
 
 /// A name for this process, unique in the cluster: it tags this node's
 /// messages (so it skips its own echo), starts its delta sequence (so a
@@ -141,6 +141,12 @@ impl Cluster {
         if let Some(r) = &self.redis {
             r.spawn(tasks, stop);
         }
+    }
+
+    /// A command connection to Redis and the names to use there, for the
+    /// webhook store; `None` on a single node.
+    pub fn redis_access(&self) -> Option<RedisAccess> {
+        self.redis.as_ref().map(|r| r.access())
     }
 
     /// Graceful shutdown: take this node out of the cluster at once.

@@ -54,6 +54,10 @@ struct Topic {
     local: u32,
     pending: Vec<Change>,
     count_only: bool,
+    /// KEYs that came or went (first or last meta) since the webhook task
+    /// last asked; kept only when `hooks` is set.
+    hooked: HashSet<Arc<str>>,
+    hooks: bool,
 }
 
 /// One local change for the other nodes: a join carries its KEY and META.
@@ -99,6 +103,16 @@ struct Inner {
     remote_hidden: bool,
     /// Local changes not yet written for the other nodes.
     outgoing: Vec<Outgoing>,
+    /// Whether member comings and goings are kept for the webhook task.
+    hooks: bool,
+}
+
+/// `topic`'s entry, made when it has none.
+fn entry<'a>(topics: &'a mut HashMap<Arc<str>, Topic>, hooks: bool, topic: &Arc<str>) -> &'a mut Topic {
+    topics.entry(topic.clone()).or_insert_with(|| Topic {
+        hooks,
+        ..Topic::default()
+    })
 }
 
 pub struct Presence {
@@ -134,7 +148,11 @@ impl Topic {
                 json: render(&meta, &phx_ref, node),
             });
         }
-        *self.keys.entry(meta.key.clone()).or_insert(0) += 1;
+        let n = self.keys.entry(meta.key.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 && self.hooks {
+            self.hooked.insert(meta.key.clone());
+        }
         if meta.body.remote_node().is_none() {
             self.local += 1;
         }
@@ -161,6 +179,9 @@ impl Topic {
             *n -= 1;
             if *n == 0 {
                 self.keys.remove(&meta.key);
+                if self.hooks {
+                    self.hooked.insert(meta.key.clone());
+                }
             }
         }
         if meta.body.remote_node().is_none() {
@@ -287,8 +308,8 @@ impl Presence {
                 join: Some((meta.key.clone(), json)),
             });
         }
-        let entry = inner.topics.entry(topic.clone()).or_default();
-        entry.add(phx_ref.clone(), meta, &self.node, true);
+        let hooks = inner.hooks;
+        entry(&mut inner.topics, hooks, topic).add(phx_ref.clone(), meta, &self.node, true);
         drop(inner);
         self.changed.notify_one();
         Tracked {
@@ -419,7 +440,7 @@ impl Presence {
             }
         }
         for change in changes {
-            let entry = inner.topics.entry(change.topic.clone()).or_default();
+            let entry = entry(&mut inner.topics, inner.hooks, &change.topic);
             let known = (change.topic.clone(), change.phx_ref.clone());
             match change.join {
                 Some((key, json)) => {
@@ -489,6 +510,32 @@ impl Presence {
         self.changed.notify_one();
     }
 
+    /// From now on, remembers every (topic, KEY) whose first meta came or
+    /// last meta went, cluster-wide, for `take_hooked` (the webhook task).
+    pub fn track_hooks(&self) {
+        lock(&self.inner).hooks = true;
+    }
+
+    /// (topic, KEY) pairs whose presence may have begun or ended since the
+    /// last call.
+    pub fn take_hooked(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut inner = lock(&self.inner);
+        let mut out = Vec::new();
+        for (topic, entry) in inner.topics.iter_mut() {
+            out.extend(entry.hooked.drain().map(|k| (topic.clone(), k)));
+        }
+        out
+    }
+
+    /// Whether `key` has a meta on `topic` anywhere in the cluster (the
+    /// other nodes' included, hidden or not).
+    pub fn present(&self, topic: &str, key: &str) -> bool {
+        lock(&self.inner)
+            .topics
+            .get(topic)
+            .is_some_and(|t| t.keys.contains_key(key))
+    }
+
     /// Resolves when something may need flushing.
     pub async fn changed(&self) {
         self.changed.notified().await
@@ -540,11 +587,9 @@ impl Presence {
                 );
                 out.push((topic.clone(), Flush::Diff(to_json(&Diff { joins, leaves }))));
             }
-            if inner
-                .topics
-                .get(&topic)
-                .is_some_and(|t| t.metas.is_empty() && t.pending.is_empty())
-            {
+            if inner.topics.get(&topic).is_some_and(|t| {
+                t.metas.is_empty() && t.pending.is_empty() && t.hooked.is_empty()
+            }) {
                 inner.topics.remove(&topic);
             }
         }

@@ -144,6 +144,15 @@ pub fn describe(e: &::redis::RedisError) -> String {
     s.replace('\n', " ")
 }
 
+/// What another component needs to use this node's Redis connection.
+#[derive(Clone)]
+pub struct RedisAccess {
+    pub conn: ConnectionManager,
+    pub prefix: String,
+    /// This process's name in the cluster.
+    pub origin: String,
+}
+
 /// The settings the Redis backend needs.
 pub struct RedisSettings {
     pub url: String,
@@ -277,6 +286,14 @@ impl RedisBackend {
         until_stopped(Box::pin(relay::publish(self.clone(), relay)));
         until_stopped(Box::pin(listener::run(self.clone(), pushes)));
         until_stopped(Box::pin(probe(self.clone())));
+    }
+
+    pub fn access(&self) -> RedisAccess {
+        RedisAccess {
+            conn: self.conn.clone(),
+            prefix: self.keys.prefix.clone(),
+            origin: self.origin.to_string(),
+        }
     }
 
     /// Why cluster answers cannot come from the view right now, if they
