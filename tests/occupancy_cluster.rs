@@ -475,22 +475,7 @@ async fn a_gap_in_a_nodes_deltas_is_healed_from_its_snapshot_and_forgeries_do_no
         span.is_none_or(|t| t < Duration::from_millis(500)),
         "the forged figure stuck: {wrong_seen:?}"
     );
-    // A real change of n1 after the gap is seen as usual.
-    on_n1.extend(members(&nodes[0], topic, 1).await);
-    *counts.get_mut("n1").unwrap() += 1;
-    let mut resync = Vec::new();
-    for node in &nodes {
-        resync.push(
-            wait_for(Duration::from_millis(500), "n1's next change", || async {
-                exact(&occupancy(node, topic).await, topic, &counts)
-            })
-            .await,
-        );
-    }
-    println!("n1's first change after the gap seen after {resync:?}");
-    let (_, others) = push_of(&mut watcher, topic, 4).await;
-    assert!(others.iter().all(|n| *n == 3), "the watcher saw {others:?}");
-    // The gap costs a snapshot read, not a stream of them.
+    // The forged deltas cost a snapshot read each, not a stream of them.
     let after_rate =
         (commands(&nodes[1]).await - published.0) / published.1.elapsed().as_secs_f64();
     println!("n2's redis commands/s: idle {idle_rate:.1}, after the forged deltas {after_rate:.1}");
@@ -498,6 +483,86 @@ async fn a_gap_in_a_nodes_deltas_is_healed_from_its_snapshot_and_forgeries_do_no
         after_rate <= idle_rate * 1.5 + 10.0,
         "n2 sent {after_rate:.0} commands/s after two forged deltas (idle {idle_rate:.0}/s)"
     );
+    // A real change of n1 after them is seen as usual.
+    on_n1.extend(members(&nodes[0], topic, 1).await);
+    *counts.get_mut("n1").unwrap() += 1;
+    let seen = seen_everywhere(&nodes[1..], topic, &counts).await;
+    println!("n1's first change after the forged deltas seen by n2, n3 after {seen:?}");
+    let (_, others) = push_of(&mut watcher, topic, 4).await;
+    assert!(others.iter().all(|n| *n == 3), "the watcher saw {others:?}");
+
+    // A genuine gap with a true change behind it: a harmless delta (n1's
+    // true totals, no topics) takes n1's next sequence number, so n1's next
+    // real delta does not follow and n2 and n3 must read n1's snapshot to
+    // see the change.
+    let field = |f: &str| -> u64 { redis.cmd(&["HGET", meta, f]).parse().expect("a number") };
+    let mut measured = None;
+    for _attempt in 0..5 {
+        let mut c = client_of(&nodes[0]).await;
+        // The new socket is written first (a delta of its own).
+        let k = on_n1.len() as u64 + 1;
+        wait_for(Duration::from_secs(2), "n1's socket written", || async {
+            field("k") == k
+        })
+        .await;
+        let q = field("q");
+        let filler = json!({
+            "node": "n1", "origin": origin, "seq": q + 1, "full": false,
+            "c": field("c"), "s": field("s"), "k": k, "topics": [],
+        });
+        assert_eq!(
+            redis.cmd(&["PUBLISH", "hcgap:view", &filler.to_string()]),
+            "3"
+        );
+        let t = Instant::now();
+        c.join_ok(topic, json!({})).await;
+        on_n1.push(c);
+        *counts.get_mut("n1").unwrap() += 1;
+        let seen = seen_everywhere(&nodes[1..], topic, &counts).await;
+        let expected = counts.values().sum();
+        let (_, others) = push_of(&mut watcher, topic, expected).await;
+        let pushed = t.elapsed();
+        assert!(others.iter().all(|n| *n == expected - 1), "{others:?}");
+        // The gap path was taken only if n1's write of the join was the one
+        // numbered q + 1 (no refresh in between).
+        if field("q") == q + 1 {
+            measured = Some((seen, pushed));
+            break;
+        }
+    }
+    let (seen, pushed) = measured.expect("a gap made in five tries");
+    println!(
+        "a change behind a sequence gap: in get_occupancy on n2, n3 after {seen:?}; in n2's occupancy push by {pushed:?}"
+    );
+    let bound = Duration::from_millis(500);
+    assert!(
+        seen.iter().all(|t| *t <= bound) && pushed <= bound,
+        "{seen:?}, push {pushed:?}"
+    );
+}
+
+/// Polls `/api/occupancy` on every node in `nodes` until each shows exactly
+/// `counts`; returns when each first did (fails after 1 s).
+async fn seen_everywhere(
+    nodes: &[Server],
+    topic: &str,
+    counts: &BTreeMap<&str, u64>,
+) -> Vec<Duration> {
+    let start = Instant::now();
+    let mut seen: Vec<Option<Duration>> = vec![None; nodes.len()];
+    while seen.iter().any(Option::is_none) {
+        for (i, node) in nodes.iter().enumerate() {
+            if seen[i].is_none() && exact(&occupancy(node, topic).await, topic, counts) {
+                seen[i] = Some(start.elapsed());
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "not exact within 1 s on every node: {counts:?}, seen {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    seen.into_iter().flatten().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
