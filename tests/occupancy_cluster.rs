@@ -248,8 +248,7 @@ async fn a_killed_nodes_members_leave_the_figure_within_the_node_ttl() {
 
     nodes[2].kill();
     let killed = Instant::now();
-    let watcher = watcher.with_timeout(ttl * 3);
-    let mut watcher = watcher;
+    let mut watcher = watcher.with_timeout(ttl * 3);
     let (_, others) = push_of(&mut watcher, topic, 3).await;
     let gone = killed.elapsed();
     println!("SIGKILLed node's members out of n2's occupancy push after {gone:?} (ttl {ttl:?})");
