@@ -92,6 +92,11 @@ pub async fn run(ctx: Arc<Ctx>) {
     // Topics with a change not pushed yet, and when they may be.
     let mut due: HashMap<Arc<str>, Instant> = HashMap::new();
     let mut degraded = ctx.cluster.degraded();
+    // Whether a figure was pushed while degraded (this node's own count)
+    // since the view last held. An outage shorter than a tick is never seen
+    // by the tick, so this, not only a seen change of `degraded`, tells it
+    // to push every watched topic afresh once the view holds again.
+    let mut local_pushed = false;
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(250)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -103,8 +108,9 @@ pub async fn run(ctx: Arc<Ctx>) {
                 // Going degraded or back changes every figure (the other
                 // nodes' counts drop out or come back).
                 let now_degraded = ctx.cluster.degraded();
-                if now_degraded != degraded {
+                if now_degraded != degraded || (local_pushed && !now_degraded) {
                     degraded = now_degraded;
+                    local_pushed &= now_degraded;
                     for t in ctx.registry.watched_topics() {
                         ctx.registry.touch(&t);
                     }
@@ -127,7 +133,8 @@ pub async fn run(ctx: Arc<Ctx>) {
             .collect();
         for topic in ready {
             due.remove(&topic);
-            let connections = ctx.cluster.connections(&topic);
+            let (connections, local_only) = ctx.cluster.count(&topic);
+            local_pushed |= local_only;
             if pushed
                 .get(&topic)
                 .is_some_and(|p| p.connections == connections)

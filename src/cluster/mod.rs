@@ -128,10 +128,17 @@ impl Cluster {
     /// `topic`'s cluster-wide count: this node's, plus the other live
     /// nodes' while the view holds.
     pub fn connections(&self, topic: &str) -> u64 {
+        self.count(topic).0
+    }
+
+    /// `connections(topic)`, and whether that is this node's count alone
+    /// because the cluster is degraded (one look at the view for both).
+    pub fn count(&self, topic: &str) -> (u64, bool) {
         let local = self.reporter.count(topic);
         match self.view() {
-            Ok(Some(view)) => local + view.with_topics(|t| t.total(topic)),
-            _ => local,
+            Ok(Some(view)) => (local + view.with_topics(|t| t.total(topic)), false),
+            Ok(None) => (local, false),
+            Err(_) => (local, true),
         }
     }
 

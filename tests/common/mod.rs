@@ -647,6 +647,54 @@ pub async fn wait_stats(addr: SocketAddr, what: &str, pred: impl Fn(&Value) -> b
     }
 }
 
+/// The keys of the JSON object at `path` inside the JSON text `json`, in the
+/// order the text writes them (`serde_json::Value` sorts them). Each step of
+/// `path` is an object key, or an array index for arrays (a V2 frame).
+pub fn keys_in_order(json: &str, path: &[&str]) -> Vec<String> {
+    use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    struct Keys(Vec<String>);
+    impl<'de> Deserialize<'de> for Keys {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Keys, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((k, IgnoredAny)) = map.next_entry::<String, IgnoredAny>()? {
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+
+    let mut at: Box<RawValue> =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+    for step in path {
+        let text = at.get();
+        let next = if text.trim_start().starts_with('[') {
+            let items: Vec<Box<RawValue>> = serde_json::from_str(text).expect("array");
+            let i: usize = step.parse().unwrap_or_else(|_| panic!("index {step:?}"));
+            items.into_iter().nth(i)
+        } else {
+            let mut fields: HashMap<String, Box<RawValue>> =
+                serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            fields.remove(*step)
+        };
+        at = next.unwrap_or_else(|| panic!("no {step:?} in {text}"));
+    }
+    serde_json::from_str::<Keys>(at.get())
+        .unwrap_or_else(|e| panic!("not an object at {path:?} ({e}): {json}"))
+        .0
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`
 pub fn assert_timestamp(v: &Value) {
     let s = v

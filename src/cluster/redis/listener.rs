@@ -212,11 +212,13 @@ impl Listener {
                 }
             }
             Err(Gap) => {
-                let node = delta.node.clone();
-                self.read_snapshot(node.clone(), Duration::ZERO);
-                if let Some(waiting) = self.reading.get_mut(&node) {
-                    waiting.push(delta);
-                }
+                // The snapshot is read after this delta arrived, and a node
+                // publishes a delta only once its snapshot holds it: the
+                // snapshot covers it. The delta itself is not kept: one the
+                // snapshot never reaches (forged, far ahead of the node's
+                // sequence, or of another process) would otherwise gap
+                // again after every read and re-read the snapshot forever.
+                self.read_snapshot(delta.node, Duration::ZERO);
             }
         }
     }
