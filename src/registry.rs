@@ -67,6 +67,9 @@ pub struct Member {
     pub tag: Tag,
     /// Joined with `occupancy: true`: gets the topic's `occupancy` pushes.
     pub occupancy: bool,
+    /// A fingerprint of the occupancy figures this member was last sent
+    /// (0: none), so that nobody is sent the same figures twice.
+    pub seen: u32,
 }
 
 #[derive(Default)]
@@ -482,6 +485,50 @@ impl Registry {
             .is_some_and(|t| t.members.values().any(|m| select.matches(m)))
     }
 
+    /// Pushes `occupancy` figures (fingerprinted by `seen`, never 0) to the
+    /// topic's watchers — or, with `everyone`, to all its members — except
+    /// those that were already sent these very figures.
+    pub fn publish_figures(&self, topic: &str, seen: u32, payload: &str, everyone: bool) -> usize {
+        let mut shard = self.shard(topic);
+        let Some(entry) = shard.topics.get_mut(topic) else {
+            return 0;
+        };
+        if !everyone && entry.watchers == 0 {
+            return 0;
+        }
+        let mut encoded: [Option<Bytes>; 2] = [None, None];
+        let mut delivered = 0;
+        for member in entry.members.values_mut() {
+            if !(everyone || member.occupancy) || member.seen == seen {
+                continue;
+            }
+            member.seen = seen;
+            let slot = match member.vsn {
+                Vsn::V1 => &mut encoded[0],
+                Vsn::V2 => &mut encoded[1],
+            };
+            let frame = slot
+                .get_or_insert_with(|| {
+                    protocol::encode(member.vsn, None, None, topic, "occupancy", payload)
+                })
+                .clone();
+            if member.outbox.push(frame) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Notes that socket `socket`'s member of `topic` was sent the
+    /// occupancy figures `seen` (its first push, right after its join).
+    pub fn set_seen(&self, topic: &str, socket: u64, seen: u32) {
+        if let Some(entry) = self.shard(topic).topics.get_mut(topic) {
+            if let Some(member) = entry.members.get_mut(&socket) {
+                member.seen = seen;
+            }
+        }
+    }
+
     /// Pushes one message to the selected members of `topic`, encoding it at
     /// most once per serializer version. Returns how many took it.
     pub fn publish(&self, topic: &str, event: &str, payload: &str, select: Select) -> usize {
@@ -566,6 +613,7 @@ mod tests {
             vsn,
             tag,
             occupancy: false,
+            seen: 0,
         }
     }
 
@@ -697,6 +745,11 @@ mod tests {
         r.touch("w");
         assert_eq!(r.take_watched(), vec![Arc::from("w")]);
         assert_eq!(r.publish("w", "occupancy", "{}", Select::Occupancy), 1);
+        assert_eq!(r.publish_figures("w", 7, "{}", false), 1);
+        assert_eq!(r.publish_figures("w", 7, "{}", false), 0, "seen already");
+        r.set_seen("w", 1, 8);
+        assert_eq!(r.publish_figures("w", 8, "{}", false), 0);
+        assert_eq!(r.publish_figures("w", 9, "{}", true), 1);
     }
 
     #[test]

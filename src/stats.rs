@@ -421,6 +421,7 @@ mod tests {
             vsn: Vsn::V2,
             tag: Tag::Plain,
             occupancy: false,
+            seen: 0,
         };
         let _m = registry.join("patterns:stream", slot.id(), member).unwrap();
         let all = Filter::default();
@@ -455,6 +456,7 @@ mod tests {
                     vsn: Vsn::V2,
                     tag: Tag::Plain,
                     occupancy: false,
+                    seen: 0,
                 };
                 held.push(registry.join(topic, i, member).unwrap());
             }

@@ -75,6 +75,7 @@ mod tests {
             vsn: Vsn::V2,
             tag: Tag::Plain,
             occupancy: false,
+            seen: 0,
         };
         let _a = registry
             .join("patterns:stream", slot.id(), member())

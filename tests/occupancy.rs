@@ -122,15 +122,11 @@ async fn a_watching_join_gets_the_topic_occupancy_at_once_counting_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: a watching joiner gets its figure twice (join push, then the occupancy task's); reported, not fixed"]
 async fn a_lone_watcher_is_not_pushed_the_figure_it_was_just_given() {
     // SPEC §7.1: the figure at once, then again whenever the count changes,
     // at most one push per interval per topic. Nothing changed after the
-    // join: a second push of the same figure right after the first is one
-    // push too many. It comes from the occupancy task, which the join also
-    // wakes (for the topic's other watchers) and which cannot tell that this
-    // member already has the figure; avoiding it needs per-member state in
-    // the registry's fan-out, so it is reported rather than fixed here.
+    // join: the occupancy task, which the join also wakes (for the topic's
+    // other watchers), must not send this member the figure it already has.
     let server = node(&["--occupancy-interval-ms", "300"]);
     let mut c = v2(server.addr).await;
     join_watching(&mut c, "rooms:lone", 1).await;

@@ -74,11 +74,12 @@ pub fn join(channel: Channel, params: &Map<String, Value>) -> Result<Wants, Refu
     })
 }
 
-/// Pushes the joiner gets right after its `ok` reply.
+/// Pushes the joiner (socket `socket`) gets right after its `ok` reply.
 pub fn after_join(
     ctx: &Ctx,
     channel: Channel,
     topic: &str,
+    socket: u64,
     wants: Wants,
 ) -> Vec<(&'static str, String)> {
     let mut pushes = Vec::new();
@@ -91,9 +92,11 @@ pub fn after_join(
     if presence {
         pushes.extend(presence::after_join(ctx, topic));
     }
-    // A count-only presence topic already sent its figures.
-    if wants.occupancy && !(presence && ctx.presence.count_only(topic)) {
-        pushes.push(("occupancy", occupancy::payload(ctx, topic)));
+    // A count-only presence topic sends every member its figures.
+    if wants.occupancy || (presence && ctx.presence.count_only(topic)) {
+        let figures = occupancy::Figures::now(ctx, topic);
+        ctx.registry.set_seen(topic, socket, figures.seen());
+        pushes.push(("occupancy", figures.payload(topic)));
     }
     pushes
 }

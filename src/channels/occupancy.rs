@@ -11,7 +11,6 @@
 use super::Answer;
 use crate::context::Ctx;
 use crate::protocol::{reason, Payload};
-use crate::registry::Select;
 use crate::stats::{timestamp, to_json};
 use serde::Serialize;
 use serde_json::Value;
@@ -33,22 +32,48 @@ struct Push<'a> {
     timestamp: String,
 }
 
-/// The `occupancy` push of `topic` now.
-pub fn payload(ctx: &Ctx, topic: &str) -> String {
-    render(ctx, topic, ctx.cluster.connections(topic))
+/// What an `occupancy` push says: connections and, on presence topics,
+/// users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Figures {
+    connections: u64,
+    users: Option<u64>,
 }
 
-fn render(ctx: &Ctx, topic: &str, connections: u64) -> String {
-    let users = ctx
-        .presence
-        .covers(topic)
-        .then(|| ctx.presence.counts(topic).1);
-    to_json(&Push {
-        topic,
-        connections,
-        users,
-        timestamp: timestamp(),
-    })
+impl Figures {
+    /// `topic`'s figures, given its cluster-wide connections.
+    fn of(ctx: &Ctx, topic: &str, connections: u64) -> Figures {
+        let users = ctx
+            .presence
+            .covers(topic)
+            .then(|| ctx.presence.counts(topic).1);
+        Figures { connections, users }
+    }
+
+    /// `topic`'s figures now.
+    pub fn now(ctx: &Ctx, topic: &str) -> Figures {
+        Figures::of(ctx, topic, ctx.cluster.connections(topic))
+    }
+
+    /// A short fingerprint, never 0: what the registry remembers of the
+    /// figures each member was last sent.
+    pub fn seen(self) -> u32 {
+        let h = self.connections.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ self
+                .users
+                .map_or(u64::MAX, |u| u.wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+        ((h >> 32) as u32) | 1
+    }
+
+    /// The push payload.
+    pub fn payload(self, topic: &str) -> String {
+        to_json(&Push {
+            topic,
+            connections: self.connections,
+            users: self.users,
+            timestamp: timestamp(),
+        })
+    }
 }
 
 /// The topics of a `get_occupancy` request: 1..=100 strings, duplicates
@@ -82,7 +107,7 @@ pub fn query(ctx: &Ctx, payload: &Payload) -> Answer {
 /// What was last pushed for a topic.
 struct Pushed {
     at: Instant,
-    connections: u64,
+    figures: Figures,
 }
 
 /// Pushes changed figures to watchers until the task is dropped.
@@ -135,22 +160,14 @@ pub async fn run(ctx: Arc<Ctx>) {
             due.remove(&topic);
             let (connections, local_only) = ctx.cluster.count(&topic);
             local_pushed |= local_only;
-            if pushed
-                .get(&topic)
-                .is_some_and(|p| p.connections == connections)
-            {
+            let figures = Figures::of(&ctx, &topic, connections);
+            if pushed.get(&topic).is_some_and(|p| p.figures == figures) {
                 continue;
             }
-            let body = render(&ctx, &topic, connections);
+            let body = figures.payload(&topic);
             ctx.registry
-                .publish(&topic, "occupancy", &body, Select::Occupancy);
-            pushed.insert(
-                topic,
-                Pushed {
-                    at: now,
-                    connections,
-                },
-            );
+                .publish_figures(&topic, figures.seen(), &body, false);
+            pushed.insert(topic, Pushed { at: now, figures });
         }
     }
 }

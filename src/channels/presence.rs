@@ -3,6 +3,7 @@
 //! count-only mode of crowded topics, and `get_presence_stats`. The state
 //! itself is the presence component's; this is what members are sent.
 
+use super::occupancy::Figures;
 use super::Answer;
 use crate::context::Ctx;
 use crate::presence::Flush;
@@ -26,13 +27,10 @@ pub struct Counts {
 }
 
 /// What the joiner of a presence topic gets after its `ok`: the whole
-/// state, or `{}` and its counts when the topic is count-only.
+/// state, or `{}` when the topic is count-only (its counts follow as an
+/// `occupancy` push).
 pub fn after_join(ctx: &Ctx, topic: &str) -> Vec<(&'static str, String)> {
-    let mut pushes = vec![("presence_state", ctx.presence.state(topic))];
-    if ctx.presence.count_only(topic) {
-        pushes.push(("occupancy", super::occupancy::payload(ctx, topic)));
-    }
-    pushes
+    vec![("presence_state", ctx.presence.state(topic))]
 }
 
 /// `get_presence_stats` `{"topic": T}` on any channel.
@@ -74,8 +72,9 @@ pub async fn run(ctx: Arc<Ctx>) {
                     registry.publish(&topic, "presence_state", &state, Select::All);
                 }
                 Flush::Counts => {
-                    let payload = super::occupancy::payload(&ctx, &topic);
-                    registry.publish(&topic, "occupancy", &payload, Select::All);
+                    let figures = Figures::now(&ctx, &topic);
+                    let payload = figures.payload(&topic);
+                    registry.publish_figures(&topic, figures.seen(), &payload, true);
                 }
             }
         }

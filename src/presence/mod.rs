@@ -108,7 +108,11 @@ struct Inner {
 }
 
 /// `topic`'s entry, made when it has none.
-fn entry<'a>(topics: &'a mut HashMap<Arc<str>, Topic>, hooks: bool, topic: &Arc<str>) -> &'a mut Topic {
+fn entry<'a>(
+    topics: &'a mut HashMap<Arc<str>, Topic>,
+    hooks: bool,
+    topic: &Arc<str>,
+) -> &'a mut Topic {
     topics.entry(topic.clone()).or_insert_with(|| Topic {
         hooks,
         ..Topic::default()
@@ -587,9 +591,11 @@ impl Presence {
                 );
                 out.push((topic.clone(), Flush::Diff(to_json(&Diff { joins, leaves }))));
             }
-            if inner.topics.get(&topic).is_some_and(|t| {
-                t.metas.is_empty() && t.pending.is_empty() && t.hooked.is_empty()
-            }) {
+            if inner
+                .topics
+                .get(&topic)
+                .is_some_and(|t| t.metas.is_empty() && t.pending.is_empty() && t.hooked.is_empty())
+            {
                 inner.topics.remove(&topic);
             }
         }

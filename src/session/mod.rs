@@ -409,6 +409,7 @@ impl Session {
             vsn: self.vsn,
             tag: wants.tag,
             occupancy: wants.occupancy,
+            seen: 0,
         };
         let membership = match ctx.registry.join(&m.topic, self.slot.id(), member) {
             Ok(membership) => membership,
@@ -429,7 +430,8 @@ impl Session {
         // Tracked after the membership: the joiner is subscribed to the
         // topic's diffs before its `presence_state` is taken.
         let tracked = presence.map(|j| Box::new(ctx.presence.track(membership.topic(), j)));
-        for (event, payload) in channels::after_join(&ctx, channel, &m.topic, wants) {
+        let socket = self.slot.id();
+        for (event, payload) in channels::after_join(&ctx, channel, &m.topic, socket, wants) {
             self.push(Some(&join_ref), &m.topic, event, &payload);
         }
         if self.joined.len() == self.joined.capacity() {

@@ -91,7 +91,9 @@ impl Sender {
         match request.body(body).send().await {
             Ok(res) if res.status().is_success() => Outcome::Delivered,
             Ok(res) => Outcome::Failed(format!("receiver answered {}", res.status())),
-            Err(e) if e.is_timeout() => Outcome::Failed("receiver did not answer within 5 s".into()),
+            Err(e) if e.is_timeout() => {
+                Outcome::Failed("receiver did not answer within 5 s".into())
+            }
             Err(e) => Outcome::Failed(format!("cannot reach the receiver: {e}")),
         }
     }

@@ -151,7 +151,12 @@ fn complain(complaints: &Throttle, why: &str) {
 
 /// Delivers one batch: retried with backoff until it goes through or has
 /// failed for five minutes.
-async fn send(sender: &deliver::Sender, store: &Store, batch: &[Event], metrics: &crate::metrics::Metrics) {
+async fn send(
+    sender: &deliver::Sender,
+    store: &Store,
+    batch: &[Event],
+    metrics: &crate::metrics::Metrics,
+) {
     let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
     let first = Instant::now();
     let mut tries = 0;

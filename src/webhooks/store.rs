@@ -10,7 +10,9 @@
 //! the same in memory.
 
 use crate::cluster::RedisAccess;
-use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
+};
 use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
 use std::collections::{HashSet, VecDeque};
@@ -332,14 +334,21 @@ mod tests {
     async fn in_memory_each_transition_is_decided_once() {
         let s = Store::memory();
         for _ in 0..3 {
-            s.decide(&d(Name::ChannelOccupied, "t", None)).await.unwrap();
-            s.decide(&d(Name::MemberAdded, "t", Some("u"))).await.unwrap();
+            s.decide(&d(Name::ChannelOccupied, "t", None))
+                .await
+                .unwrap();
+            s.decide(&d(Name::MemberAdded, "t", Some("u")))
+                .await
+                .unwrap();
         }
         s.decide(&d(Name::ChannelVacated, "t", None)).await.unwrap();
         s.decide(&d(Name::ChannelVacated, "t", None)).await.unwrap();
         let events = s.next(100).await.unwrap();
         let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["channel_occupied", "member_added", "channel_vacated"]);
+        assert_eq!(
+            names,
+            ["channel_occupied", "member_added", "channel_vacated"]
+        );
         assert_eq!(events[1].user_id.as_deref(), Some("u"));
         let ids: HashSet<&String> = events.iter().map(|e| &e.id).collect();
         assert_eq!(ids.len(), 3, "unique ids");

@@ -39,7 +39,8 @@ impl<K: Eq + Hash + Clone> Tracker<K> {
                 false
             }
             (Some(State::Here), false) => {
-                self.states.insert(key.clone(), State::Leaving(now + self.delay));
+                self.states
+                    .insert(key.clone(), State::Leaving(now + self.delay));
                 false
             }
             _ => false,
@@ -79,7 +80,10 @@ mod tests {
         assert!(!t.observe(&"a", true, t0), "still here");
         assert!(!t.observe(&"a", false, t0), "not yet gone");
         assert!(t.due(t0 + Duration::from_secs(2)).is_empty());
-        assert!(!t.observe(&"a", true, t0 + Duration::from_secs(2)), "a quick reconnect");
+        assert!(
+            !t.observe(&"a", true, t0 + Duration::from_secs(2)),
+            "a quick reconnect"
+        );
         assert!(t.due(t0 + Duration::from_secs(10)).is_empty());
         t.observe(&"a", false, t0 + Duration::from_secs(10));
         assert!(t.due(t0 + Duration::from_millis(12_999)).is_empty());
