@@ -589,6 +589,48 @@ async fn an_open_socket_is_closed_4001_when_its_token_expires() {
     assert_eq!(m.value("headcount_token_expiry_closes_total", &[]), 2.0);
 }
 
+/// A token already past its `exp` but within the 5 s leeway is accepted at
+/// the upgrade. Its socket must not be closed 4001 at once: phoenix.js
+/// reconnects 10 ms after any close, with the same token if the app has no
+/// new one yet, and would be let in and closed again in a loop until the
+/// leeway ran out (hundreds of sockets and joins a second per client). It
+/// is closed when the node stops accepting the token, so that coming back
+/// with it is refused 403 `expired token` (and phoenix.js backs off).
+#[tokio::test]
+async fn a_token_within_the_leeway_after_exp_gets_no_reconnect_loop() {
+    let server = Server::start(&["--auth-secret", SECRET, "--allow-topic", "rooms:*"]);
+    let addr = server.addr;
+    let exp = unix_now() - 2;
+    let jwt = token(&claims(json!({"exp": exp})));
+    let mut c = connect(addr, &format!("token={jwt}&vsn=2.0.0")).await;
+    c.join_ok("rooms:1", json!({})).await;
+    // Not closed at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.heartbeat().await;
+    assert_counts(&server, 1, &[("rooms:1", 1)]).await;
+    let closed = c.expect_closed().await;
+    let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    assert_eq!(closed, Closed::Frame(4001, "token expired".into()));
+    let after_exp = at.as_secs_f64() - exp as f64;
+    assert!(
+        (5.0..=9.0).contains(&after_exp),
+        "closed {after_exp:.3} s after exp: the leeway is 5 s"
+    );
+    // The same token again: refused, not let in to be closed again.
+    assert_refused(
+        addr,
+        &format!("token={jwt}&vsn=2.0.0"),
+        ConnectOpts::default(),
+        "expired token",
+    )
+    .await;
+    let s = wait_stats(addr, "the socket counted down", |s| s["socket_count"] == 0).await;
+    assert_eq!(s["connection_count"], 0, "{s}");
+    let m = metrics(addr).await;
+    assert_eq!(m.value("headcount_token_expiry_closes_total", &[]), 1.0);
+    assert_eq!(auth_failures(addr).await, (0.0, 0.0, 1.0));
+}
+
 // ---------------------------------------------------------------------------
 // §8.2 Origins
 // ---------------------------------------------------------------------------

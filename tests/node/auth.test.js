@@ -175,6 +175,32 @@ test("after the 4001 close at exp, phoenix.js reconnects with fresh params and r
   assert.equal(count(r, "rooms:1"), 1);
 });
 
+test("a token past its exp but within the leeway does not make phoenix.js reconnect in a loop", async (t) => {
+  const server = await startServer(t);
+  // Accepted at the upgrade (5 s leeway); the app has no newer token.
+  const token = userToken({ exp: nowSecs() - 4 });
+  const socket = new Socket(server.url, { transport: WebSocket, authToken: token });
+  t.after(() => socket.disconnect());
+  let opens = 0;
+  const closes = [];
+  socket.onOpen(() => (opens += 1));
+  socket.onClose((e) => closes.push(e.code));
+  socket.connect();
+  let joins = 0;
+  socket.channel("rooms:1", {}).join(TIMEOUT).receive("ok", () => (joins += 1));
+  await eventually("the 4001 close", () => closes.includes(4001), 8000);
+  // Coming back with the same token is refused at the upgrade, so the
+  // client backs off instead of reconnecting every 10 ms.
+  await eventually("the refused reconnect", async () => (await metric(server, "headcount_auth_failures_total", "expired_token")) >= 1);
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(opens, 1, `${opens} sockets opened with one expired token`);
+  assert.equal(joins, 1);
+  assert.equal(await metric(server, "headcount_token_expiry_closes_total"), 1);
+  const s = await stats(server);
+  assert.equal(s.socket_count, 0);
+  assert.equal(s.connection_count, 0);
+});
+
 // ---------------------------------------------------------------------------
 // Chromium
 // ---------------------------------------------------------------------------
