@@ -325,6 +325,29 @@ impl Identity {
         self.exp
     }
 
+    /// When a socket holding this identity is closed 4001, as a time since
+    /// the Unix epoch, for a socket opened at `now` (the same): the token's
+    /// `exp`; or, for a token already past its `exp` at `now` (accepted
+    /// only thanks to the leeway), the first moment [`authenticate`]
+    /// refuses it. Closing such a socket at once would not end anything:
+    /// phoenix.js reconnects 10 ms after any close, with the same token
+    /// until the app has a new one, and would be let in and closed again in
+    /// a loop for as long as the leeway lasts; refused at the upgrade
+    /// instead, it backs off. `None` for a token without `exp`.
+    pub fn closes_at(&self, now: std::time::Duration) -> Option<std::time::Duration> {
+        let exp = self.exp?;
+        let at = std::time::Duration::from_secs(exp);
+        if at > now {
+            Some(at)
+        } else {
+            // `authenticate` compares whole seconds: it accepts the token
+            // until `now` reaches exp + LEEWAY + 1.
+            Some(std::time::Duration::from_secs(
+                exp.saturating_add(LEEWAY_SECS + 1),
+            ))
+        }
+    }
+
     /// The token's `info` as its JSON text: always an object, at most
     /// [`MAX_INFO_BYTES`].
     pub fn info(&self) -> Option<&RawValue> {
@@ -739,6 +762,51 @@ mod tests {
             check(&v, &hs(with(good(), "exp", json!(-1)))).unwrap_err(),
             AuthFailure::ExpiredToken
         );
+    }
+
+    #[test]
+    fn a_socket_closes_at_exp_or_when_the_leeway_ends() {
+        use std::time::Duration;
+        let v = hs_verifier();
+        let at = |exp: u64| check(&v, &hs(with(good(), "exp", json!(exp)))).unwrap();
+        let now = Duration::from_millis(NOW * 1000 + 400);
+        // exp ahead: to the second it names, not rounded by `now`.
+        assert_eq!(
+            at(NOW + 3).closes_at(now),
+            Some(Duration::from_secs(NOW + 3))
+        );
+        assert_eq!(
+            at(NOW + 1).closes_at(now),
+            Some(Duration::from_secs(NOW + 1))
+        );
+        // exp passed, accepted within the leeway: when `authenticate` starts
+        // refusing it, and not a moment before.
+        for exp in [NOW, NOW - 2, NOW - LEEWAY_SECS] {
+            let closes = at(exp).closes_at(now).unwrap();
+            assert_eq!(closes, Duration::from_secs(exp + LEEWAY_SECS + 1));
+            let just_before = closes.as_secs() - 1;
+            assert!(authenticate(
+                &v,
+                Mode::Required,
+                Some(&hs(with(good(), "exp", json!(exp)))),
+                just_before
+            )
+            .is_ok());
+            assert_eq!(
+                authenticate(
+                    &v,
+                    Mode::Required,
+                    Some(&hs(with(good(), "exp", json!(exp)))),
+                    closes.as_secs()
+                )
+                .unwrap_err(),
+                AuthFailure::ExpiredToken
+            );
+        }
+        let no_exp = authenticate(&v, Mode::Optional, Some(&hs(without(good(), "exp"))), NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(no_exp.closes_at(now), None);
     }
 
     #[test]

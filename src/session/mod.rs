@@ -17,7 +17,7 @@ use crate::transport::codec::{close, WsMessage};
 use crate::transport::connection::{Connection, Goodbye, ReadError, Socket};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 /// Most pings answered per flush; a peer pinging faster gets fewer pongs.
@@ -110,11 +110,16 @@ pub async fn run<S: Socket>(ctx: Arc<Ctx>, stream: S, mut prelude: Vec<u8>, open
         identity,
     } = opening;
     tracing::debug!(node = %ctx.config.node, socket_id = slot.id(), "socket opened");
-    // The token's `exp` shares the idle timer: whichever comes first.
-    let expires = identity
-        .as_ref()
-        .and_then(|i| i.exp())
-        .map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(auth::unix_now())));
+    // The token's `exp` shares the idle timer: whichever comes first. To
+    // the millisecond (not rounded to this second), and for a token past
+    // its `exp` within the leeway, when the leeway ends (`closes_at`).
+    let expires = identity.as_ref().and_then(|i| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        i.closes_at(now)
+            .map(|at| Instant::now() + at.saturating_sub(now))
+    });
     let mut s = Session {
         outbox: Arc::new(Outbox::new(
             ctx.config.outbound_queue,

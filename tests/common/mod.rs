@@ -1010,6 +1010,8 @@ pub struct ConnectOpts {
     pub protocols: Option<String>,
     /// SO_RCVBUF of the client socket (for clients that never read).
     pub recv_buffer: Option<u32>,
+    /// More request headers (`Origin`, …).
+    pub headers: Vec<(String, String)>,
 }
 
 pub fn ws_url(addr: SocketAddr, query: &str) -> String {
@@ -1040,6 +1042,12 @@ pub async fn try_connect(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_str(p).expect("header value"),
         );
+    }
+    for (k, v) in &opts.headers {
+        let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("header name");
+        request
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(v).expect("header value"));
     }
     let (ws, response) =
         tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(request, stream))
@@ -1200,6 +1208,21 @@ impl Client {
 
     pub async fn send_text(&mut self, text: &str) {
         self.send_message(Message::text(text)).await
+    }
+
+    /// Sends text frames in one write (queued, then one flush), so that the
+    /// server reads them together.
+    pub async fn send_batch(&mut self, texts: &[String]) {
+        let fed = async {
+            for t in texts {
+                self.ws.feed(Message::text(t.as_str())).await?;
+            }
+            self.ws.flush().await
+        };
+        tokio::time::timeout(TIMEOUT, fed)
+            .await
+            .expect("send timed out")
+            .expect("send failed");
     }
 
     pub async fn send_binary(&mut self, data: Vec<u8>) {
