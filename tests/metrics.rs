@@ -307,8 +307,11 @@ async fn metrics_parse_as_prometheus_text_and_follow_naming_conventions() {
             assert!(value.is_finite(), "{name} = {value}");
             for (label, v) in labels {
                 match (name.as_str(), label.as_str()) {
-                    ("headcount_topic_memberships", "topic") => {
+                    ("headcount_topic_memberships" | "headcount_presence_users", "topic") => {
                         assert!(BUILTIN.contains(&v.as_str()), "topic label {v}")
+                    }
+                    ("headcount_webhook_deliveries_total", "outcome") => {
+                        assert!(["delivered", "failed", "dropped"].contains(&v.as_str()))
                     }
                     (_, "reason") => {}
                     ("headcount_build_info", "version") => {}
