@@ -17,10 +17,25 @@
 //! - `P:events`     pub/sub channel where any producer may PUBLISH events.
 //!
 //! The per-node keys share the hash tag `{N}`, so a node's write touches one
-//! slot and stays atomic on Redis Cluster too.
+//! slot and stays atomic on Redis Cluster too. On a Redis Cluster the view
+//! and relay channels are sharded: `{P:k}:view` and `{P:k}:relay` for 16
+//! partitions `k`, each pair on one slot; a node publishes on the partition
+//! of its name (so its deltas keep their order) and every node subscribes
+//! to all of them. Producers' events stay classic pub/sub.
 
 use redis::Script;
 use std::sync::LazyLock;
+
+/// Sharded channel pairs on a Redis Cluster.
+pub const PARTITIONS: u64 = 16;
+
+/// What a channel carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carries {
+    View,
+    Relay,
+    Events,
+}
 
 /// Names derived from `--redis-prefix` and `--node`.
 #[derive(Clone, Debug)]
@@ -30,23 +45,60 @@ pub struct Keys {
     pub topics: String,
     pub presence: String,
     pub registry: String,
+    /// Where this node publishes its deltas and its relayed deliveries.
     pub view: String,
     pub relay: String,
     pub events: String,
+    /// Every view and relay channel (one each unless sharded).
+    pub views: Vec<String>,
+    pub relays: Vec<String>,
 }
 
 impl Keys {
-    pub fn new(prefix: &str, node: &str) -> Keys {
+    /// `sharded`: the view and relay channels of a Redis Cluster.
+    pub fn new(prefix: &str, node: &str, sharded: bool) -> Keys {
         let [meta, topics, presence] = Keys::snapshot(prefix, node);
+        let (views, relays): (Vec<String>, Vec<String>) = if sharded {
+            (0..PARTITIONS)
+                .map(|k| {
+                    (
+                        format!("{{{prefix}:{k}}}:view"),
+                        format!("{{{prefix}:{k}}}:relay"),
+                    )
+                })
+                .unzip()
+        } else {
+            (
+                vec![format!("{prefix}:view")],
+                vec![format!("{prefix}:relay")],
+            )
+        };
+        let mine = if sharded { partition(node) } else { 0 };
         Keys {
             prefix: prefix.to_owned(),
             meta,
             topics,
             presence,
             registry: format!("{prefix}:nodes"),
-            view: format!("{prefix}:view"),
-            relay: format!("{prefix}:relay"),
+            view: views[mine].clone(),
+            relay: relays[mine].clone(),
             events: format!("{prefix}:events"),
+            views,
+            relays,
+        }
+    }
+
+    /// What a channel a message arrived on carries.
+    pub fn carries(&self, channel: &[u8]) -> Option<Carries> {
+        let named = |list: &[String]| list.iter().any(|c| c.as_bytes() == channel);
+        if named(&self.views) {
+            Some(Carries::View)
+        } else if named(&self.relays) {
+            Some(Carries::Relay)
+        } else if channel == self.events.as_bytes() {
+            Some(Carries::Events)
+        } else {
+            None
         }
     }
 
@@ -54,6 +106,15 @@ impl Keys {
     pub fn snapshot(prefix: &str, node: &str) -> [String; 3] {
         ["meta", "topics", "presence"].map(|k| format!("{prefix}:{{{node}}}:{k}"))
     }
+}
+
+/// A node's partition: a stable hash of its name.
+pub fn partition(node: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % PARTITIONS) as usize
 }
 
 /// Writes one node's snapshot and refreshes its TTL; sent as EVALSHA (and
@@ -134,11 +195,11 @@ return {now, prev}
 
 #[cfg(test)]
 mod tests {
-    use super::Keys;
+    use super::*;
 
     #[test]
     fn node_keys_share_a_hash_tag() {
-        let k = Keys::new("hc", "a@h");
+        let k = Keys::new("hc", "a@h", false);
         assert_eq!(k.meta, "hc:{a@h}:meta");
         assert_eq!(k.topics, "hc:{a@h}:topics");
         assert_eq!(k.presence, "hc:{a@h}:presence");
@@ -146,5 +207,18 @@ mod tests {
         assert_eq!(k.view, "hc:view");
         assert_eq!(k.events, "hc:events");
         assert_eq!(k.relay, "hc:relay");
+        assert_eq!(k.carries(b"hc:view"), Some(Carries::View));
+        assert_eq!(k.carries(b"hc:other"), None);
+    }
+
+    #[test]
+    fn sharded_channels_pair_up_on_a_partition() {
+        let k = Keys::new("hc", "a@h", true);
+        assert_eq!(k.views.len(), 16);
+        let p = partition("a@h");
+        assert_eq!(k.view, format!("{{hc:{p}}}:view"));
+        assert_eq!(k.relay, format!("{{hc:{p}}}:relay"));
+        assert_eq!(k.carries(b"{hc:3}:relay"), Some(Carries::Relay));
+        assert_eq!(k.carries(b"hc:events"), Some(Carries::Events));
     }
 }

@@ -180,11 +180,18 @@ impl View {
     pub fn apply(&self, delta: &Delta, now: Instant) -> Result<Vec<Arc<str>>, Gap> {
         let mut inner = self.write();
         let known = inner.by_name.get(delta.node.as_str()).copied();
-        let follows = known
+        let last = known
             .and_then(|i| inner.slots[usize::from(i)].as_ref())
-            .is_some_and(|n| *n.origin == *delta.origin && delta.seq == n.seq + 1);
-        if !delta.full && !follows {
-            return Err(Gap);
+            .filter(|n| *n.origin == *delta.origin)
+            .map(|n| n.seq);
+        if !delta.full {
+            match last {
+                Some(seq) if delta.seq == seq + 1 => {}
+                // Already applied (a message seen twice while a sharded
+                // subscription was made afresh): nothing to do.
+                Some(seq) if delta.seq <= seq => return Ok(Vec::new()),
+                _ => return Err(Gap),
+            }
         }
         let slot = inner.slot(&delta.node, &delta.origin, now);
         let mut changed = Vec::new();

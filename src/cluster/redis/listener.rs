@@ -6,7 +6,9 @@
 //! is being read its deltas wait here, and those newer than the snapshot are
 //! applied after it, so nothing is applied twice or out of order.
 
+use super::conn::{Channels, Subscriber};
 use super::{relay, sync, wire, RedisBackend};
+use crate::cluster::keys::Carries;
 use crate::cluster::view::{Delta, Gap};
 use crate::throttle::Throttle;
 use ::redis::{PushInfo, PushKind, Value};
@@ -18,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause before a failed subscription or snapshot read is tried again.
 const RETRY: Duration = Duration::from_millis(100);
 /// Deltas kept for a node while its snapshot is read; more means the read
@@ -35,6 +37,14 @@ enum Read {
 
 struct Listener {
     redis: Arc<RedisBackend>,
+    sub: Subscriber,
+    channels: Channels,
+    /// The sharded subscription must be made afresh (Redis Cluster).
+    rebuild: bool,
+    /// When this node's own last delta came back (its partition works).
+    own_heard: Instant,
+    /// When the subscription was last made.
+    rebuilt: Instant,
     reads: JoinSet<Read>,
     /// Nodes whose snapshot is being read, with the deltas that arrived
     /// meanwhile.
@@ -47,39 +57,34 @@ struct Listener {
 }
 
 /// Subscribes (once: the connection manager resubscribes after every
-/// reconnect) and handles what arrives until the task is dropped.
-pub async fn run(redis: Arc<RedisBackend>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
-    let channels = [
-        redis.keys.view.clone(),
-        redis.keys.relay.clone(),
-        redis.keys.events.clone(),
-    ];
-    let mut logged = false;
-    loop {
-        let mut sub = redis.sub.clone();
-        let attempt = tokio::time::timeout(SUBSCRIBE_TIMEOUT, sub.subscribe(&channels)).await;
-        match attempt {
-            Ok(Ok(())) => break,
-            Ok(Err(e)) if !logged => {
-                tracing::warn!(error = %super::describe(&e), "cannot subscribe yet; retrying");
-                logged = true;
-            }
-            _ => {}
-        }
-        tokio::time::sleep(RETRY).await;
-    }
-    tracing::debug!(channels = ?channels, "subscribed");
+/// reconnect on a single Redis; again after every rebuild on a Redis
+/// Cluster) and handles what arrives until the task is dropped.
+pub async fn run(
+    redis: Arc<RedisBackend>,
+    sub: Subscriber,
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+) {
+    let channels = Channels {
+        view: redis.keys.views.clone(),
+        relay: redis.keys.relays.clone(),
+        events: redis.keys.events.clone(),
+    };
     let ttl = Duration::from_millis(redis.ttl_ms);
     let mut expiry = tokio::time::interval(expiry_tick(ttl));
     let mut listener = Listener {
         redis,
+        sub,
+        channels,
         reads: JoinSet::new(),
         reading: HashMap::new(),
         round: None,
         lost: false,
+        rebuild: false,
+        own_heard: Instant::now(),
+        rebuilt: Instant::now(),
         complaints: Throttle::new(),
     };
-    listener.start_round();
+    listener.subscribe().await;
     loop {
         tokio::select! {
             push = pushes.recv() => match push {
@@ -89,10 +94,61 @@ pub async fn run(redis: Arc<RedisBackend>, mut pushes: mpsc::UnboundedReceiver<P
             Some(Ok(read)) = listener.reads.join_next() => listener.on_read(read),
             _ = expiry.tick() => listener.expire(ttl),
         }
+        if listener.rebuild {
+            listener.subscribe().await;
+        }
     }
 }
 
 impl Listener {
+    /// Subscribes until it works, then reads every node: whatever was sent
+    /// while not subscribed is in the snapshots.
+    async fn subscribe(&mut self) {
+        let mut logged = false;
+        loop {
+            let attempt =
+                tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.sub.subscribe(&self.channels)).await;
+            match attempt {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) if !logged => {
+                    tracing::warn!(error = %super::describe(&e), "cannot subscribe yet; retrying");
+                    logged = true;
+                }
+                _ => {}
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+        tracing::debug!(sharded = self.sub.is_cluster(), "subscribed");
+        self.rebuild = false;
+        self.rebuilt = Instant::now();
+        self.own_heard = Instant::now();
+        self.start_round();
+    }
+
+    /// On a Redis Cluster, whether a partition seems to have gone quiet: no
+    /// echo of this node's own deltas, or a node in the view not heard from,
+    /// for a few write periods. The client does not resubscribe a sharded
+    /// channel after a failover, so quiet means: subscribe afresh (at most
+    /// every few seconds; a node that really died also goes quiet, and
+    /// leaves the view by its TTL).
+    fn quiet(&self, now: Instant) -> bool {
+        if !self.sub.is_cluster() || !self.redis.health.is_up() {
+            return false;
+        }
+        let period = super::writer::refresh_period(self.redis.ttl_ms);
+        let limit = (period * 5 / 2).max(Duration::from_millis(500));
+        if now.saturating_duration_since(self.rebuilt) < limit.max(Duration::from_secs(3)) {
+            return false;
+        }
+        now.saturating_duration_since(self.own_heard) > limit
+            || self
+                .redis
+                .view
+                .nodes(now)
+                .iter()
+                .any(|n| Duration::from_millis(n.age_ms) > limit)
+    }
+
     /// Reads every node's snapshot; the view is in sync when all are in.
     fn start_round(&mut self) {
         self.redis.synced.store(false, Ordering::SeqCst);
@@ -129,25 +185,26 @@ impl Listener {
                 self.lost = true;
                 self.redis.synced.store(false, Ordering::SeqCst);
             }
-            PushKind::Subscribe if self.lost => {
+            PushKind::Subscribe if self.lost && !self.sub.is_cluster() => {
                 self.lost = false;
                 tracing::info!("subscribed again after losing redis: reading every node");
                 self.start_round();
             }
-            PushKind::Message => {
+            // Redis dropped a sharded subscription (failover, slot moved).
+            PushKind::SUnsubscribe => {
+                tracing::info!("redis ended a sharded subscription: subscribing afresh");
+                self.rebuild = true;
+            }
+            PushKind::Message | PushKind::SMessage => {
                 let [Value::BulkString(channel), Value::BulkString(body)] = push.data.as_slice()
                 else {
                     return;
                 };
-                let keys = &self.redis.keys;
-                let outcome = if channel.as_slice() == keys.view.as_bytes() {
-                    self.on_view(body)
-                } else if channel.as_slice() == keys.relay.as_bytes() {
-                    relay::from_node(&self.redis, body)
-                } else if channel.as_slice() == keys.events.as_bytes() {
-                    relay::from_producer(&self.redis, body)
-                } else {
-                    return;
+                let outcome = match self.redis.keys.carries(channel) {
+                    Some(Carries::View) => self.on_view(body),
+                    Some(Carries::Relay) => relay::from_node(&self.redis, body),
+                    Some(Carries::Events) => relay::from_producer(&self.redis, body),
+                    None => return,
                 };
                 if let Err(why) = outcome {
                     self.redis.metrics.relay_rejected.increment(1);
@@ -175,10 +232,10 @@ impl Listener {
             }
             wire::Received::Delta(delta) => {
                 if delta.node == self.redis.node {
-                    if *delta.origin != *self.redis.origin {
-                        if let Some(more) = self.complaints.allow() {
-                            tracing::error!(node = %delta.node, suppressed = more, "another process publishes as this node: give every node a unique --node");
-                        }
+                    if *delta.origin == *self.redis.origin {
+                        self.own_heard = Instant::now();
+                    } else if let Some(more) = self.complaints.allow() {
+                        tracing::error!(node = %delta.node, suppressed = more, "another process publishes as this node: give every node a unique --node");
                     }
                     return Ok(());
                 }
@@ -335,6 +392,10 @@ impl Listener {
             self.touch(&changed);
         }
         self.census(now);
+        if self.quiet(now) {
+            tracing::info!("a sharded channel went quiet: subscribing afresh");
+            self.rebuild = true;
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! come from the view, or from this node alone while the view cannot be
 //! trusted.
 
+mod conn;
 mod listener;
 mod relay;
 mod sync;
@@ -26,8 +27,10 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::Registry;
 use crate::throttle::Throttle;
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
+use ::redis::{PushInfo, PushKind};
+use conn::Subscriber;
+
+pub use conn::Conn;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -147,7 +150,7 @@ pub fn describe(e: &::redis::RedisError) -> String {
 /// What another component needs to use this node's Redis connection.
 #[derive(Clone)]
 pub struct RedisAccess {
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     pub prefix: String,
     /// This process's name in the cluster.
     pub origin: String,
@@ -177,8 +180,7 @@ pub struct RedisBackend {
     node: String,
     keys: Keys,
     ttl_ms: u64,
-    conn: ConnectionManager,
-    sub: ConnectionManager,
+    conn: Conn,
     /// Tags this process's messages, so it skips its own echo and others
     /// can tell a restarted node from a running one.
     origin: Arc<str>,
@@ -195,65 +197,39 @@ pub struct RedisBackend {
     presence: Arc<Presence>,
     bus: Arc<Bus>,
     view: Arc<View>,
-    /// Taken by `spawn`: the pub/sub pushes and the bus's relay queue.
-    pending: Mutex<Option<(mpsc::UnboundedReceiver<PushInfo>, RelayReceiver)>>,
+    /// Taken by `spawn`: the subscriber, its pushes and the bus's relay
+    /// queue.
+    pending: Mutex<Option<Pending>>,
 }
 
-fn manager_config() -> ConnectionManagerConfig {
-    // `usize::MAX` retries: a finite count gives up after a long outage.
-    ConnectionManagerConfig::new()
-        .set_number_of_retries(usize::MAX)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(150))
-        .set_connection_timeout(Some(Duration::from_millis(500)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
+struct Pending {
+    sub: Subscriber,
+    pushes: mpsc::UnboundedReceiver<PushInfo>,
+    relay: RelayReceiver,
 }
 
 impl RedisBackend {
     /// Sets up the connections without waiting for Redis: a node starts and
     /// serves its sockets even while Redis is down.
     pub fn new(settings: RedisSettings, parts: Parts) -> Result<RedisBackend, RedisSetupError> {
-        let info = settings
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(RedisSetupError::Url)?;
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(resp3);
-        let client = ::redis::Client::open(info).map_err(RedisSetupError::Url)?;
+        let target = conn::target(&settings.url)?;
         let health = Arc::new(Health::new(parts.metrics.clone()));
         // The command connection hears of a lost connection at once (RESP3),
         // so the writer retries at once and answers turn degraded at once.
         let watcher = health.clone();
-        let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+        let on_push = move |push: PushInfo| {
             if push.kind == PushKind::Disconnection {
                 watcher.down("redis connection lost");
             }
-            Ok(())
         };
-        let conn = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            manager_config().set_push_sender(on_push),
-        )
-        .map_err(RedisSetupError::Connection)?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let sub = ConnectionManager::new_lazy_with_config(
-            client,
-            manager_config()
-                .set_push_sender(push_tx)
-                .set_automatic_resubscription(),
-        )
-        .map_err(RedisSetupError::Connection)?;
+        let (conn, sub) = conn::open(target, on_push, push_tx)?;
         let backend = RedisBackend {
             origin: settings.origin.into(),
-            keys: Keys::new(&settings.prefix, &settings.node),
+            keys: Keys::new(&settings.prefix, &settings.node, conn.is_cluster()),
             node: settings.node,
             ttl_ms: settings.ttl_ms,
             conn,
-            sub,
             health,
             synced: AtomicBool::new(false),
             metrics: parts.metrics,
@@ -263,7 +239,11 @@ impl RedisBackend {
             presence: parts.presence,
             bus: parts.bus,
             view: parts.view,
-            pending: Mutex::new(Some((push_rx, parts.relay))),
+            pending: Mutex::new(Some(Pending {
+                sub,
+                pushes: push_rx,
+                relay: parts.relay,
+            })),
         };
         Ok(backend)
     }
@@ -276,7 +256,7 @@ impl RedisBackend {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let Some((pushes, relay)) = taken else {
+        let Some(Pending { sub, pushes, relay }) = taken else {
             return;
         };
         let until_stopped = |task| {
@@ -284,7 +264,7 @@ impl RedisBackend {
         };
         until_stopped(Box::pin(writer::run(self.clone())) as Task);
         until_stopped(Box::pin(relay::publish(self.clone(), relay)));
-        until_stopped(Box::pin(listener::run(self.clone(), pushes)));
+        until_stopped(Box::pin(listener::run(self.clone(), sub, pushes)));
         until_stopped(Box::pin(probe(self.clone())));
     }
 
@@ -318,21 +298,22 @@ impl RedisBackend {
         let mut written = self.written.lock().await;
         written.left = true;
         let mut conn = self.conn.clone();
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("DEL")
-            .arg(&self.keys.meta)
+        let mut del = ::redis::cmd("DEL");
+        del.arg(&self.keys.meta)
             .arg(&self.keys.topics)
-            .ignore()
-            .cmd("ZREM")
-            .arg(&self.keys.registry)
-            .arg(&self.node)
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(&self.keys.view)
-            .arg(wire::goodbye(&self.node, &self.origin))
-            .ignore();
+            .arg(&self.keys.presence);
+        let mut zrem = ::redis::cmd("ZREM");
+        zrem.arg(&self.keys.registry).arg(&self.node);
+        let bye = self.publish(&self.keys.view, wire::goodbye(&self.node, &self.origin));
         self.metrics.redis_commands.increment(3);
-        match tokio::time::timeout(LEAVE_TIMEOUT, pipe.exec_async(&mut conn)).await {
+        // One command at a time: on a Redis Cluster they live on different
+        // slots.
+        let goodbye = async {
+            del.exec_async(&mut conn).await?;
+            zrem.exec_async(&mut conn).await?;
+            bye.exec_async(&mut conn).await
+        };
+        match tokio::time::timeout(LEAVE_TIMEOUT, goodbye).await {
             Ok(Ok(())) => tracing::info!("removed this node from redis"),
             Ok(Err(e)) => {
                 tracing::warn!(error = %describe(&e), "could not remove this node from redis; it expires by itself")
@@ -344,13 +325,28 @@ impl RedisBackend {
     }
 }
 
-/// Pings Redis every `PROBE_EVERY`, until the task is dropped.
+impl RedisBackend {
+    /// `PUBLISH` on a single Redis, `SPUBLISH` (sharded) on a Redis Cluster.
+    fn publish(&self, channel: &str, message: String) -> ::redis::Cmd {
+        let mut cmd = ::redis::cmd(if self.conn.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        });
+        cmd.arg(channel).arg(message);
+        cmd
+    }
+}
+
+/// Asks Redis something every `PROBE_EVERY`, until the task is dropped: on
+/// a Redis Cluster, the shard that holds this node's snapshot.
 async fn probe(redis: Arc<RedisBackend>) {
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         let mut conn = redis.conn.clone();
         redis.metrics.redis_commands.increment(1);
-        let ping = ::redis::cmd("PING");
+        let mut ping = ::redis::cmd("EXISTS");
+        ping.arg(&redis.keys.meta);
         match tokio::time::timeout(COMMAND_TIMEOUT, ping.exec_async(&mut conn)).await {
             Ok(Ok(())) => redis.health.answered(),
             Ok(Err(e)) => redis.health.down(&describe(&e)),

@@ -52,9 +52,7 @@ pub async fn publish(redis: Arc<RedisBackend>, mut rx: RelayReceiver) {
                 origin: &redis.origin,
                 deliveries,
             };
-            pipe.cmd("PUBLISH")
-                .arg(&redis.keys.relay)
-                .arg(crate::stats::to_json(&message))
+            pipe.add_command(redis.publish(&redis.keys.relay, crate::stats::to_json(&message)))
                 .ignore();
         }
         let mut conn = redis.conn.clone();

@@ -232,19 +232,19 @@ async fn write(redis: &RedisBackend, delta: &Delta) -> Result<Outcome, String> {
 /// the registry of nodes. A delta that does not arrive shows up at the
 /// other nodes as a gap in the sequence, and they read the snapshot.
 async fn announce(redis: &RedisBackend, delta: &Delta) {
-    let mut pipe = ::redis::pipe();
-    pipe.cmd("PUBLISH")
-        .arg(&redis.keys.view)
-        .arg(wire::delta(delta))
-        .ignore()
-        .cmd("ZADD")
-        .arg(&redis.keys.registry)
+    let publish = redis.publish(&redis.keys.view, wire::delta(delta));
+    let mut zadd = ::redis::cmd("ZADD");
+    zadd.arg(&redis.keys.registry)
         .arg(wall_ms())
-        .arg(&redis.node)
-        .ignore();
+        .arg(&redis.node);
     redis.metrics.redis_commands.increment(2);
     let mut conn = redis.conn.clone();
-    match tokio::time::timeout(COMMAND_TIMEOUT, pipe.exec_async(&mut conn)).await {
+    // Two commands: on a Redis Cluster they live on different slots.
+    let both = async {
+        publish.exec_async(&mut conn).await?;
+        zadd.exec_async(&mut conn).await
+    };
+    match tokio::time::timeout(COMMAND_TIMEOUT, both).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => redis.health.down(&describe(&e)),
         Err(_) => redis.health.down("redis unreachable or slower than 500 ms"),

@@ -1,0 +1,262 @@
+//! One Redis, or a Redis Cluster: which `--redis` names, the command
+//! connection for either (so the rest of the backend sends the same commands
+//! through one type), and the subscriber.
+//!
+//! `--redis` with a comma list of `redis://` URLs, or one URL with
+//! `?cluster=true`, is a Redis Cluster: commands go through redis-rs's
+//! cluster client, relayed messages and deltas through sharded pub/sub. A
+//! single URL is one Redis, through reconnecting connection managers.
+//!
+//! The cluster client resubscribes a sharded channel only when the same
+//! node comes back, not after a failover or a slot migration, so the
+//! subscriber here can be rebuilt: the listener does so when a channel it
+//! expects traffic on goes quiet, or Redis says it was unsubscribed.
+
+use super::RedisSetupError;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture, Value};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What `--redis` names.
+pub enum Target {
+    Single(redis::Client),
+    Cluster(Vec<redis::ConnectionInfo>),
+}
+
+/// Reads `--redis`: a comma list, or `?cluster=true`, is a Redis Cluster.
+pub fn target(url: &str) -> Result<Target, RedisSetupError> {
+    let urls: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let clustered = urls.len() > 1 || urls.iter().any(|u| cluster_flag(u));
+    let infos = urls
+        .iter()
+        .map(|u| {
+            let info = strip_cluster_flag(u)
+                .as_str()
+                .into_connection_info()
+                .map_err(RedisSetupError::Url)?;
+            let resp3 = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            Ok(info.set_redis_settings(resp3))
+        })
+        .collect::<Result<Vec<_>, RedisSetupError>>()?;
+    if clustered {
+        return Ok(Target::Cluster(infos));
+    }
+    let Some(info) = infos.into_iter().next() else {
+        let none = (redis::ErrorKind::InvalidClientConfig, "no redis:// URL");
+        return Err(RedisSetupError::Url(redis::RedisError::from(none)));
+    };
+    Ok(Target::Single(
+        redis::Client::open(info).map_err(RedisSetupError::Url)?,
+    ))
+}
+
+fn cluster_flag(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, q)| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "cluster" && v == "true")
+    })
+}
+
+/// The URL without the `cluster` parameter, which redis-rs does not know.
+fn strip_cluster_flag(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let kept: Vec<String> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k != "cluster")
+        .map(|(k, v)| {
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair(&k, &v)
+                .finish()
+        })
+        .collect();
+    if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+/// The command connection: one Redis or a Redis Cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}
+
+pub fn manager_config() -> ConnectionManagerConfig {
+    // `usize::MAX` retries: a finite count gives up after a long outage.
+    ConnectionManagerConfig::new()
+        .set_number_of_retries(usize::MAX)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(150))
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+}
+
+/// The cluster client, with short waits between its own retries: every
+/// command is bounded by a timeout of ours anyway.
+fn cluster_client(
+    nodes: &[redis::ConnectionInfo],
+    pushes: Option<UnboundedSender<PushInfo>>,
+) -> Result<ClusterClient, RedisSetupError> {
+    let mut builder = ClusterClientBuilder::new(nodes.to_vec())
+        .use_protocol(ProtocolVersion::RESP3)
+        .connection_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_secs(2))
+        .overall_response_timeout(None)
+        .retries(16)
+        .min_retry_wait(50)
+        .max_retry_wait(500);
+    if let Some(tx) = pushes {
+        builder = builder.push_sender(tx);
+    }
+    builder.build().map_err(RedisSetupError::Url)
+}
+
+fn cluster_config() -> ClusterConfig {
+    ClusterConfig::new()
+        .set_connection_timeout(Duration::from_millis(500))
+        .set_response_timeout(Duration::from_secs(2))
+}
+
+/// The subscriber connection.
+pub enum Subscriber {
+    /// Resubscribes by itself after every reconnect.
+    Single(ConnectionManager),
+    /// Rebuilt by the listener when it has to be; `None` between.
+    Cluster {
+        client: Box<ClusterClient>,
+        conn: Option<ClusterConnection>,
+    },
+}
+
+/// The command connection and the subscriber for `target`. Nothing waits on
+/// Redis here: both connect in the background.
+pub fn open(
+    target: Target,
+    on_command_push: impl Fn(PushInfo) + Send + Sync + 'static,
+    pushes: UnboundedSender<PushInfo>,
+) -> Result<(Conn, Subscriber), RedisSetupError> {
+    match target {
+        Target::Single(client) => {
+            let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                on_command_push(push);
+                Ok(())
+            };
+            let conn = ConnectionManager::new_lazy_with_config(
+                client.clone(),
+                manager_config().set_push_sender(on_push),
+            )
+            .map_err(RedisSetupError::Connection)?;
+            let sub = ConnectionManager::new_lazy_with_config(
+                client,
+                manager_config()
+                    .set_push_sender(pushes)
+                    .set_automatic_resubscription(),
+            )
+            .map_err(RedisSetupError::Connection)?;
+            Ok((Conn::Single(conn), Subscriber::Single(sub)))
+        }
+        Target::Cluster(nodes) => {
+            let commands = cluster_client(&nodes, None)?;
+            let conn = commands.get_pending_async_connection_with_config(cluster_config());
+            let client = cluster_client(&nodes, Some(pushes))?;
+            Ok((
+                Conn::Cluster(conn),
+                Subscriber::Cluster {
+                    client: Box::new(client),
+                    conn: None,
+                },
+            ))
+        }
+    }
+}
+
+/// Where this node listens and says things.
+pub struct Channels {
+    /// Sharded on a Redis Cluster (one pair per partition); one each on a
+    /// single Redis.
+    pub view: Vec<String>,
+    pub relay: Vec<String>,
+    /// Where producers PUBLISH events: classic pub/sub either way.
+    pub events: String,
+}
+
+impl Subscriber {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Subscriber::Cluster { .. })
+    }
+
+    /// Subscribes to every channel (once on a single Redis: the manager
+    /// resubscribes after reconnects; again after every rebuild on a
+    /// Redis Cluster).
+    pub async fn subscribe(&mut self, channels: &Channels) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Single(sub) => {
+                let mut all: Vec<&str> = channels.view.iter().map(String::as_str).collect();
+                all.extend(channels.relay.iter().map(String::as_str));
+                all.push(&channels.events);
+                sub.subscribe(&all).await
+            }
+            Subscriber::Cluster { client, conn } => {
+                // The old connection goes first: two at once would deliver
+                // some messages twice.
+                *conn = None;
+                // The client's push sender carries over to the connection.
+                let mut fresh = client
+                    .get_async_connection_with_config(cluster_config())
+                    .await?;
+                for ch in channels.view.iter().chain(&channels.relay) {
+                    fresh.ssubscribe(ch).await?;
+                }
+                fresh.subscribe(&channels.events).await?;
+                *conn = Some(fresh);
+                Ok(())
+            }
+        }
+    }
+}
