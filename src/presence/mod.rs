@@ -110,6 +110,8 @@ pub struct Presence {
     refs: Refs,
     inner: Mutex<Inner>,
     changed: Notify,
+    /// Wakes the cluster writer when local changes wait for it.
+    outgoing_changed: Notify,
 }
 
 /// A local meta, tracked while this value lives.
@@ -258,6 +260,7 @@ impl Presence {
             refs: Refs::new(origin),
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
+            outgoing_changed: Notify::new(),
         })
     }
 
@@ -291,6 +294,9 @@ impl Presence {
         entry.add(phx_ref.clone(), meta, &self.node, true);
         drop(inner);
         self.changed.notify_one();
+        if self.clustered {
+            self.outgoing_changed.notify_one();
+        }
         Tracked {
             presence: self.clone(),
             topic: topic.clone(),
@@ -312,6 +318,9 @@ impl Presence {
         }
         drop(inner);
         self.changed.notify_one();
+        if self.clustered {
+            self.outgoing_changed.notify_one();
+        }
     }
 
     /// The `presence_state` payload of `topic`: every visible meta, or `{}`
@@ -352,6 +361,14 @@ impl Presence {
             .topics
             .get(topic)
             .is_some_and(|t| t.count_only)
+    }
+
+    /// Resolves when local changes wait for the cluster writer: a meta is
+    /// tracked or untracked just after its membership changed the
+    /// registry, so the writer may already have taken the delta that
+    /// membership woke it for.
+    pub async fn outgoing_changed(&self) {
+        self.outgoing_changed.notified().await
     }
 
     /// Local changes since the last call, for the cluster writer.
