@@ -35,14 +35,17 @@ struct Push<'a> {
 
 /// The `occupancy` push of `topic` now.
 pub fn payload(ctx: &Ctx, topic: &str) -> String {
-    render(ctx, topic, ctx.cluster.connections(topic))
+    render(topic, ctx.cluster.connections(topic), users(ctx, topic))
 }
 
-fn render(ctx: &Ctx, topic: &str, connections: u64) -> String {
-    let users = ctx
-        .presence
+/// Distinct presence KEYs of `topic`, on presence topics.
+fn users(ctx: &Ctx, topic: &str) -> Option<u64> {
+    ctx.presence
         .covers(topic)
-        .then(|| ctx.presence.counts(topic).1);
+        .then(|| ctx.presence.counts(topic).1)
+}
+
+fn render(topic: &str, connections: u64, users: Option<u64>) -> String {
     to_json(&Push {
         topic,
         connections,
@@ -83,6 +86,7 @@ pub fn query(ctx: &Ctx, payload: &Payload) -> Answer {
 struct Pushed {
     at: Instant,
     connections: u64,
+    users: Option<u64>,
 }
 
 /// Pushes changed figures to watchers until the task is dropped.
@@ -128,13 +132,16 @@ pub async fn run(ctx: Arc<Ctx>) {
         for topic in ready {
             due.remove(&topic);
             let connections = ctx.cluster.connections(&topic);
+            // users can change while connections does not (a second
+            // tab leaves as a new user joins): either is news.
+            let users = users(&ctx, &topic);
             if pushed
                 .get(&topic)
-                .is_some_and(|p| p.connections == connections)
+                .is_some_and(|p| p.connections == connections && p.users == users)
             {
                 continue;
             }
-            let body = render(&ctx, &topic, connections);
+            let body = render(&topic, connections, users);
             ctx.registry
                 .publish(&topic, "occupancy", &body, Select::Occupancy);
             pushed.insert(
@@ -142,6 +149,7 @@ pub async fn run(ctx: Arc<Ctx>) {
                 Pushed {
                     at: now,
                     connections,
+                    users,
                 },
             );
         }
