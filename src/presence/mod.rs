@@ -529,6 +529,9 @@ impl Presence {
             if !entry.count_only && members > limit {
                 entry.count_only = true;
                 out.push((topic.clone(), Flush::State("{}".into())));
+                // The change that crossed the limit is not a diff: the
+                // figures, then, as for every change while count-only.
+                out.push((topic.clone(), Flush::Counts));
             } else if entry.count_only && members * 10 < limit * 9 {
                 entry.count_only = false;
                 let Some(entry) = inner.topics.get(&topic) else {
