@@ -128,6 +128,8 @@ pub struct Presence {
     refs: Refs,
     inner: Mutex<Inner>,
     changed: Notify,
+    /// Wakes the cluster writer when local changes wait for it.
+    outgoing_changed: Notify,
 }
 
 /// A local meta, tracked while this value lives.
@@ -283,6 +285,7 @@ impl Presence {
             refs: Refs::new(origin),
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
+            outgoing_changed: Notify::new(),
         })
     }
 
@@ -316,6 +319,9 @@ impl Presence {
         entry(&mut inner.topics, hooks, topic).add(phx_ref.clone(), meta, &self.node, true);
         drop(inner);
         self.changed.notify_one();
+        if self.clustered {
+            self.outgoing_changed.notify_one();
+        }
         Tracked {
             presence: self.clone(),
             topic: topic.clone(),
@@ -337,6 +343,9 @@ impl Presence {
         }
         drop(inner);
         self.changed.notify_one();
+        if self.clustered {
+            self.outgoing_changed.notify_one();
+        }
     }
 
     /// The `presence_state` payload of `topic`: every visible meta, or `{}`
@@ -377,6 +386,14 @@ impl Presence {
             .topics
             .get(topic)
             .is_some_and(|t| t.count_only)
+    }
+
+    /// Resolves when local changes wait for the cluster writer: a meta is
+    /// tracked or untracked just after its membership changed the
+    /// registry, so the writer may already have taken the delta that
+    /// membership woke it for.
+    pub async fn outgoing_changed(&self) {
+        self.outgoing_changed.notified().await
     }
 
     /// Local changes since the last call, for the cluster writer.
@@ -563,6 +580,9 @@ impl Presence {
             if !entry.count_only && members > limit {
                 entry.count_only = true;
                 out.push((topic.clone(), Flush::State("{}".into())));
+                // The change that crossed the limit is not a diff: the
+                // figures, then, as for every change while count-only.
+                out.push((topic.clone(), Flush::Counts));
             } else if entry.count_only && members * 10 < limit * 9 {
                 entry.count_only = false;
                 let Some(entry) = inner.topics.get(&topic) else {

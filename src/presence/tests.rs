@@ -205,6 +205,8 @@ fn a_crowded_topic_turns_count_only_and_back_below_ninety_percent() {
     tabs.push(join(&p, "rooms:1", "u10"));
     let flushed = p.flush();
     assert!(matches!(&flushed[0].1, Flush::State(s) if s == "{}"));
+    // Members also get the figures, instead of the diff of that join.
+    assert!(matches!(flushed[1].1, Flush::Counts));
     c.apply(flushed);
     assert!(c.users().is_empty());
     assert!(p.count_only("rooms:1"));

@@ -62,9 +62,11 @@ impl End {
 struct Joined {
     join_ref: JsonRef,
     channel: Channel,
-    membership: Membership,
-    /// The presence meta, on presence topics; dropped with the membership.
+    /// The presence meta, on presence topics; dropped with the membership,
+    /// just before it (fields drop in order), so that whoever the
+    /// membership's end wakes (occupancy, the cluster writer) sees both.
     _presence: Option<Box<Tracked>>,
+    membership: Membership,
 }
 
 /// What the upgrade settled for a new socket.
@@ -435,6 +437,11 @@ impl Session {
         // Tracked after the membership: the joiner is subscribed to the
         // topic's diffs before its `presence_state` is taken.
         let tracked = presence.map(|j| Box::new(ctx.presence.track(membership.topic(), j)));
+        if tracked.is_some() {
+            // The occupancy task may have counted the membership before
+            // its meta: have it look again, for `users`.
+            ctx.registry.touch(membership.topic());
+        }
         let socket = self.slot.id();
         for (event, payload) in channels::after_join(&ctx, channel, &m.topic, socket, wants) {
             self.push(Some(&join_ref), &m.topic, event, &payload);

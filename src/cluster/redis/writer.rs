@@ -75,6 +75,11 @@ pub async fn run(redis: Arc<RedisBackend>) {
                 }
                 dirty = true;
             }
+            // Presence metas change just after the counts (a join is
+            // tracked after its membership, untracked after it ends): a
+            // write woken by the count may have run before the meta was
+            // queued, and the meta must not wait for the next refresh.
+            _ = redis.presence.outgoing_changed(), if !dirty => dirty = true,
             _ = tokio::time::sleep_until(last + wait) => {
                 changes.borrow_and_update();
                 last = Instant::now();

@@ -4,6 +4,9 @@
 
 const { spawn } = require("node:child_process");
 const fs = require("node:fs");
+const net = require("node:net");
+const os = require("node:os");
+const path = require("node:path");
 
 const BIN = process.env.HEADCOUNT_BIN;
 if (!BIN) {
@@ -63,4 +66,80 @@ function stopServer(server) {
   });
 }
 
-module.exports = { BIN, startServer, stopServer };
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Whether a Redis on `port` answers PING within `ms`. */
+function redisPing(port, ms = 500) {
+  return new Promise((resolve) => {
+    const sock = net.connect(port, "127.0.0.1");
+    const done = (ok) => { clearTimeout(timer); sock.destroy(); resolve(ok); };
+    const timer = setTimeout(() => done(false), ms);
+    let got = "";
+    sock.on("connect", () => sock.write("PING\r\n"));
+    sock.on("data", (d) => { got += d; if (got.includes("\r\n")) done(got.startsWith("+PONG")); });
+    sock.on("error", () => done(false));
+  });
+}
+
+/**
+ * Starts a throw-away `redis-server` (no persistence) on a free port; resolves
+ * with { port, url, kill(), restart(), stop() }: `kill` is SIGKILL (Redis
+ * vanishes with everything it held), `restart` starts it again, empty, on the
+ * same port. Fails loudly when redis-server is missing.
+ */
+async function startRedis({ timeoutMs = 10000 } = {}) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "headcount-redis-"));
+  const redis = { port: 0, proc: null, url: "" };
+  const spawnOnce = async () => {
+    const proc = spawn("redis-server", [
+      "--port", String(redis.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir,
+    ], { stdio: "ignore" });
+    let failed = null;
+    proc.on("error", (e) => (failed = e));
+    proc.on("exit", (code) => (failed = failed || new Error(`redis-server exited ${code}`)));
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline && !failed) {
+      if (await redisPing(redis.port)) {
+        redis.proc = proc;
+        return true;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    proc.kill("SIGKILL");
+    if (failed && failed.code === "ENOENT") throw new Error("redis-server is not installed (apt-get install redis-server)");
+    return false;
+  };
+  redis.kill = () => new Promise((resolve) => {
+    const proc = redis.proc;
+    redis.proc = null;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return resolve();
+    proc.once("exit", () => resolve());
+    proc.kill("SIGKILL");
+  });
+  redis.restart = async () => {
+    await redis.kill();
+    if (!(await spawnOnce())) throw new Error(`redis-server did not restart on ${redis.port}`);
+  };
+  redis.stop = async () => {
+    await redis.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  for (let i = 0; i < 5; i++) {
+    redis.port = await freePort();
+    redis.url = `redis://127.0.0.1:${redis.port}`;
+    if (await spawnOnce()) return redis;
+  }
+  throw new Error("could not start redis-server");
+}
+
+module.exports = { BIN, startServer, stopServer, startRedis, freePort };
