@@ -289,9 +289,16 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 
 /// Appends a close frame with a code and a short reason.
 pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
-    let mut payload = Vec::with_capacity(2 + reason.len());
+    // A control frame carries at most 125 bytes: the code and 123 of the
+    // reason, cut on a character boundary so that it stays UTF-8 (a peer
+    // fails the connection on a reason that is not).
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
     payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
     write_frame(out, OP_CLOSE, &payload);
 }
 
@@ -390,6 +397,21 @@ mod tests {
                 .code,
             1002
         );
+    }
+
+    #[test]
+    fn a_long_close_reason_is_cut_on_a_character_boundary() {
+        // Found by the fuzzer: cut at byte 123, the "é" lost its second byte
+        // and the reason was not UTF-8 (a peer fails the connection on it).
+        let reason = format!("{}é", "a".repeat(122));
+        let mut out = Vec::new();
+        write_close(&mut out, 1008, &reason);
+        assert_eq!(usize::from(out[1]), 2 + 122);
+        assert_eq!(&out[4..], "a".repeat(122).as_bytes());
+        out.clear();
+        write_close(&mut out, 1000, &"é".repeat(100));
+        assert_eq!(usize::from(out[1]), 2 + 122);
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
     }
 
     #[test]
