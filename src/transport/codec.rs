@@ -135,6 +135,17 @@ impl Decoder {
         self.pending.capacity() + self.fragments.as_ref().map_or(0, |f| f.1.capacity())
     }
 
+    /// What is held, in detail: (length, capacity) of the incomplete frame's
+    /// bytes and of the fragmented message's.
+    #[cfg(test)]
+    pub fn held(&self) -> [(usize, usize); 2] {
+        let fragments = self
+            .fragments
+            .as_ref()
+            .map_or((0, 0), |f| (f.1.len(), f.1.capacity()));
+        [(self.pending.len(), self.pending.capacity()), fragments]
+    }
+
     /// Feeds newly read bytes; calls `on` for every complete message until it
     /// returns false. `max` bounds a frame and a reassembled message.
     pub fn feed(
