@@ -6,8 +6,9 @@
 //!   same messages and the same close code (the kernel decides the cuts);
 //! - after every read it holds at most `max + 13` bytes of an incomplete
 //!   frame (a header is at most 14) and at most `max` of a fragmented
-//!   message, its buffers' capacity stays within twice that, and when
-//!   nothing is incomplete it holds no buffer at all;
+//!   message, its buffers' capacity stays within twice that (plus the read
+//!   for the frame buffer), and when nothing is incomplete it holds no
+//!   buffer at all;
 //! - messages are at most `max` bytes, text is UTF-8, pings ≤ 125 bytes;
 //! - generated frame sequences (fragmented, interleaved with control
 //!   frames, 7/16/64-bit lengths, reserved bits, unmasked, bad close codes,
@@ -215,8 +216,10 @@ fn decode_in(bytes: &[u8], max: usize, cuts: &[usize]) -> Result<Outcome, String
             frame_cap <= 2 * (max + 14 + largest_read),
             "incomplete-frame buffer capacity {frame_cap} (max {max}, reads ≤ {largest_read})"
         );
+        // A Vec<u8> that grows holds at least 8 bytes: for a tiny max the
+        // bound is that.
         ensure!(
-            message_cap <= 2 * max,
+            message_cap <= 2 * max.max(8),
             "fragment buffer capacity {message_cap}, max {max}"
         );
         ensure!(
