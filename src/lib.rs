@@ -21,6 +21,9 @@ mod cluster;
 pub mod config;
 mod context;
 mod dashboard;
+// Fuzz targets over the private decoders: unit tests (issue 11).
+#[cfg(test)]
+mod fuzz;
 mod globs;
 mod http;
 mod limits;

@@ -25,6 +25,15 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 }
 
 pub(super) fn decode(text: &str) -> Result<Inbound, Malformed> {
+    // A V1 frame is an object. serde's derived `Deserialize` would also read
+    // a JSON array into `Frame`, positionally (`["t","e",{},"1"]` as topic,
+    // event, payload, ref): refuse anything else first.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(Malformed::unrecoverable());
+    }
     let frame: Frame = serde_json::from_str(text).map_err(|_| Malformed::unrecoverable())?;
     let topic = frame.topic.and_then(string);
     let reference = frame.reference.and_then(JsonRef::from_raw);
@@ -95,5 +104,14 @@ mod tests {
         let e = decode("{nope").unwrap_err();
         assert!(e.topic.is_none() && e.reference.is_none());
         assert!(decode("[1,2]").is_err());
+    }
+
+    #[test]
+    fn an_array_is_not_a_v1_frame() {
+        // Found by the fuzzer: read positionally, this was a push on `t`.
+        let e = decode(r#"["t","e",{},"1"]"#).unwrap_err();
+        assert!(e.topic.is_none() && e.reference.is_none() && e.join_ref.is_none());
+        let m = decode(" \n{\"topic\":\"t\",\"event\":\"e\",\"payload\":{},\"ref\":1}").unwrap();
+        assert_eq!(m.topic, "t");
     }
 }

@@ -135,6 +135,17 @@ impl Decoder {
         self.pending.capacity() + self.fragments.as_ref().map_or(0, |f| f.1.capacity())
     }
 
+    /// What is held, in detail: (length, capacity) of the incomplete frame's
+    /// bytes and of the fragmented message's.
+    #[cfg(test)]
+    pub fn held(&self) -> [(usize, usize); 2] {
+        let fragments = self
+            .fragments
+            .as_ref()
+            .map_or((0, 0), |f| (f.1.len(), f.1.capacity()));
+        [(self.pending.len(), self.pending.capacity()), fragments]
+    }
+
     /// Feeds newly read bytes; calls `on` for every complete message until it
     /// returns false. `max` bounds a frame and a reassembled message.
     pub fn feed(
@@ -289,9 +300,16 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 
 /// Appends a close frame with a code and a short reason.
 pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
-    let mut payload = Vec::with_capacity(2 + reason.len());
+    // A control frame carries at most 125 bytes: the code and 123 of the
+    // reason, cut on a character boundary so that it stays UTF-8 (a peer
+    // fails the connection on a reason that is not).
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
     payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
     write_frame(out, OP_CLOSE, &payload);
 }
 
@@ -390,6 +408,21 @@ mod tests {
                 .code,
             1002
         );
+    }
+
+    #[test]
+    fn a_long_close_reason_is_cut_on_a_character_boundary() {
+        // Found by the fuzzer: cut at byte 123, the "é" lost its second byte
+        // and the reason was not UTF-8 (a peer fails the connection on it).
+        let reason = format!("{}é", "a".repeat(122));
+        let mut out = Vec::new();
+        write_close(&mut out, 1008, &reason);
+        assert_eq!(usize::from(out[1]), 2 + 122);
+        assert_eq!(&out[4..], "a".repeat(122).as_bytes());
+        out.clear();
+        write_close(&mut out, 1000, &"é".repeat(100));
+        assert_eq!(usize::from(out[1]), 2 + 122);
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
     }
 
     #[test]
