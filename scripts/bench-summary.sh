@@ -60,3 +60,15 @@ med "churn-*" .cpu_per_op.server_us_per_unit
 med "cluster1-*" .join_visible.p50_us
 med "cluster1-*" .join_visible.p99_us
 med "cluster1-*" .missed
+if ls $OUT/presence5000-*.json >/dev/null 2>&1; then
+  med "presence5000-*" .diffs.per_s
+  med "presence5000-*" .cpu.server_us_per_delivery
+  med "presence5000-*" .state.join_to_state_us
+  med "presence5000-*" .state.state_bytes
+  med "presence5000-*" .state.state_keys
+  med "presence5000-*" .propagation.all.p99_us
+  med "presence5000-*" .propagation.lost
+  med "presence5000-*" .churn.tally.rate_limited
+  med "presence5000-*" .memory.bytes_per_presence_member
+  med "presence5000-*" .truth.exact
+fi

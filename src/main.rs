@@ -48,8 +48,9 @@ enum Command {
     Watch(WatchArgs),
     /// Sign a token for a node's --auth-secret or --auth-public-key.
     Token(headcount::cli::token::TokenArgs),
-    /// Load generator: hold, fanout, query, churn, cluster, occupancy (loopback
-    /// only); floor-server runs a minimal Phoenix server to compare with.
+    /// Load generator: hold, fanout, query, churn, cluster, occupancy,
+    /// presence, webhooks (loopback only); floor-server runs a minimal
+    /// Phoenix server to compare with.
     Bench(headcount_bench::BenchArgs),
     /// One load-generating worker process, driven by `bench` over stdin/stdout.
     #[command(hide = true)]

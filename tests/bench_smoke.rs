@@ -572,6 +572,56 @@ fn refuses_bad_bench_arguments() {
             "--limit",
         ),
         (&["hold"][..], "--url"),
+        (
+            &["webhooks", "--url", "127.0.0.1:1"][..],
+            "--webhook-secret",
+        ),
+        (
+            &[
+                "webhooks",
+                "--url",
+                "127.0.0.1:1",
+                "--webhook-secret",
+                "s",
+                "--receiver-bind",
+                "10.0.0.1:4300",
+            ][..],
+            "loopback",
+        ),
+        (
+            &[
+                "webhooks",
+                "--url",
+                "127.0.0.1:1",
+                "--webhook-secret",
+                "s",
+                "--topics",
+                "100000",
+                "--duration",
+                "1",
+            ][..],
+            "too many topics",
+        ),
+        (
+            &["presence", "--url", "127.0.0.1:1", "--server-pid", "1,2"][..],
+            "--server-pid",
+        ),
+        (
+            &["presence", "--url", "127.0.0.1:1", "--sockets", "0"][..],
+            "--sockets",
+        ),
+        (
+            &[
+                "floor-server",
+                "--bind",
+                "127.0.0.1:0",
+                "--webhook-url",
+                "http://10.0.0.1:80/hook",
+                "--webhook-secret",
+                "s",
+            ][..],
+            "loopback",
+        ),
     ] {
         let err = bench_fails(args);
         assert!(err.contains(says), "{args:?}: {err}");
@@ -593,4 +643,240 @@ fn refuses_addresses_off_this_machine() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("loopback"), "{url}: {err}");
     }
+}
+
+/// A node with the default per-socket limits (SPEC §8.4) and `extra`:
+/// `bench presence` and `bench webhooks` must stay within them.
+fn start_node_default_limits(extra: &[&str]) -> Node {
+    let mut args = vec![
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--node",
+        "smoke@127.0.0.1",
+        "--allow-topic",
+        "bench:*",
+    ];
+    args.extend(extra);
+    spawn_server(&args)
+}
+
+#[test]
+fn presence_on_one_node_reports_diffs_state_propagation_and_memory() {
+    let node = start_node_default_limits(&["--presence-topic", "bench:presence*"]);
+    let pid = node.child.id().to_string();
+    let r = bench_at(
+        "presence",
+        &node.addr,
+        &[
+            ("--sockets", "40"),
+            ("--rate", "20"),
+            ("--duration", "1"),
+            ("--server-pid", &pid),
+            ("--settle", "0"),
+            ("--probes", "3"),
+        ],
+    );
+    assert_eq!(r["members"]["opened"], 40, "{r}");
+    assert_eq!(r["members"]["failed"], 0, "{r}");
+    assert_eq!(r["converged"]["ok"], true, "{r}");
+    // The probe sees every member and itself.
+    assert_eq!(r["state"]["state_keys"], 41, "{r}");
+    assert!(r["state"]["state_bytes"].as_u64().unwrap() > 41 * 20, "{r}");
+    assert!(r["state"]["join_to_state_us"].as_u64().unwrap() > 0, "{r}");
+    let changes = r["churn"]["changes"].as_u64().unwrap();
+    assert!(changes >= 10, "{r}");
+    assert_eq!(r["churn"]["tally"]["rate_limited"], 0, "{r}");
+    assert!(r["churn"]["tally"]["churner_errors"]
+        .as_object()
+        .unwrap()
+        .is_empty());
+    // One node: each change is timed on it, once.
+    assert_eq!(r["propagation"]["measured_on"], "the same node (one --url)");
+    assert_eq!(r["propagation"]["all"]["count"], changes, "{r}");
+    assert_eq!(r["propagation"]["lost"], 0, "{r}");
+    assert_eq!(r["propagation"]["unanswered"], 0, "{r}");
+    assert!(r["diffs"]["deliveries"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["cpu"]["server_us_per_delivery"].is_number(), "{r}");
+    assert_eq!(r["truth"]["exact"], true, "{r}");
+    assert_eq!(r["members_gone"], 0, "{r}");
+    assert_eq!(r["memory"]["plain"]["members"], 40, "{r}");
+    assert_eq!(r["memory"]["members_counted"], 40, "{r}");
+    assert!(r["memory"]["bytes_per_presence_member"].is_i64(), "{r}");
+
+    // Two URLs of the node: changes are timed on the "other node".
+    let url = format!("{0},{0}", node.addr);
+    let r = bench_at(
+        "presence",
+        &url,
+        &[
+            ("--sockets", "20"),
+            ("--rate", "20"),
+            ("--duration", "0.5"),
+            ("--probes", "1"),
+        ],
+    );
+    assert_eq!(r["members"]["per_node"], serde_json::json!([10, 10]), "{r}");
+    assert_eq!(r["propagation"]["measured_on"], "another node", "{r}");
+    assert_eq!(r["propagation"]["watched_nodes"], serde_json::json!([1]));
+    assert_eq!(r["propagation"]["lost"], 0, "{r}");
+    assert_eq!(r["truth"]["exact"], true, "{r}");
+    assert_eq!(r["memory"]["skipped"], "no --server-pid", "{r}");
+}
+
+#[test]
+fn presence_refuses_a_topic_without_presence() {
+    let node = start_node();
+    let err = bench_fails(&[
+        "presence",
+        "--url",
+        &node.addr,
+        "--sockets",
+        "5",
+        "--duration",
+        "0.2",
+    ]);
+    assert!(err.contains("--presence-topic"), "{err}");
+}
+
+/// A body and its signature with the secret `s3cret`, computed apart from
+/// the code under test (Python's hmac).
+const SIGNED_BODY: &str = r#"{"time_ms":1,"events":[{"id":"smoke-1","name":"channel_occupied","channel":"smoke:elsewhere"}]}"#;
+const SIGNATURE: &str = "sha256=7143538a0595e851903bb172768f1506678a78ebf9902692c0b438cf072b090d";
+
+/// POSTs `body` to `url` (http://ADDR/PATH) with `signature`; the status.
+fn post(url: &str, body: &str, signature: &str) -> u16 {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = TcpStream::connect(addr).expect("receiver");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nX-Headcount-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out[9..12].parse().unwrap()
+}
+
+/// Starts `headcount bench webhooks ARGS --json`, reads the receiver's URL
+/// from its stderr, calls `during` with it, and returns the report.
+fn bench_webhooks(args: &[&str], during: impl FnOnce(&str)) -> Value {
+    let mut child = Command::new(BIN)
+        .args(["bench", "webhooks"])
+        .args(args)
+        .args(["--json", "--timeout", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run headcount bench webhooks");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("the receiver line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no receiver URL in {line:?}"))
+        .to_string();
+    during(&url);
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().expect("bench webhooks");
+    assert!(out.status.success(), "bench webhooks failed: {line}{rest}");
+    serde_json::from_slice(&out.stdout).expect("one JSON report")
+}
+
+#[test]
+fn webhooks_receiver_checks_signatures_and_counts_what_a_node_sends() {
+    // A node without --webhook-url sends nothing: every transition is lost,
+    // and the receiver still takes the test's own POSTs.
+    let node = start_node_default_limits(&[]);
+    let r = bench_webhooks(
+        &[
+            "--url",
+            &node.addr,
+            "--topics",
+            "3",
+            "--duration",
+            "0.5",
+            "--hold",
+            "0.2",
+            "--webhook-secret",
+            "s3cret",
+            "--webhook-vacate-delay-ms",
+            "0",
+            "--receiver-bind",
+            "127.0.0.1:0",
+        ],
+        |url| {
+            assert_eq!(post(url, SIGNED_BODY, SIGNATURE), 200);
+            assert_eq!(post(url, SIGNED_BODY, &SIGNATURE.replace("71", "17")), 401);
+        },
+    );
+    let t = &r["schedule"]["tally"];
+    assert_eq!(
+        (t["joins_ok"].as_u64(), t["leaves_ok"].as_u64()),
+        (Some(3), Some(3)),
+        "{r}"
+    );
+    assert_eq!(t["rate_limited"], 0, "{r}");
+    let w = &r["webhooks"];
+    assert_eq!(w["by_name"]["channel_occupied"]["expected"], 3, "{r}");
+    assert_eq!(w["by_name"]["channel_vacated"]["expected"], 3, "{r}");
+    assert_eq!(w["lost"], 6, "{r}");
+    assert_eq!(w["exact"], false, "{r}");
+    assert_eq!(w["posts"], 1, "{r}");
+    assert_eq!(w["bad_signatures"], 1, "{r}");
+    assert_eq!(w["foreign"]["channel_occupied"], 1, "{r}");
+}
+
+#[test]
+fn webhooks_from_the_floor_server_match_every_transition() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let hook = format!("http://127.0.0.1:{port}/hook");
+    let floor = spawn_server(&[
+        "bench",
+        "floor-server",
+        "--bind",
+        "127.0.0.1:0",
+        "--webhook-url",
+        &hook,
+        "--webhook-secret",
+        "s3cret",
+        "--webhook-vacate-delay-ms",
+        "200",
+    ]);
+    let url = format!("{0},{0}", floor.addr);
+    let bind = format!("127.0.0.1:{port}");
+    let r = bench_webhooks(
+        &[
+            "--url",
+            &url,
+            "--topics",
+            "40",
+            "--duration",
+            "1",
+            "--hold",
+            "0.3",
+            "--webhook-secret",
+            "s3cret",
+            "--webhook-vacate-delay-ms",
+            "200",
+            "--receiver-bind",
+            &bind,
+        ],
+        |_| {},
+    );
+    let w = &r["webhooks"];
+    assert_eq!(w["expected"], 80, "{r}");
+    assert_eq!(w["exact"], true, "{r}");
+    assert_eq!(w["lost"], 0, "{r}");
+    assert_eq!(w["doubled"], 0, "{r}");
+    assert_eq!(w["bad_signatures"], 0, "{r}");
+    assert_eq!(w["latency"]["count"], 80, "{r}");
+    assert_eq!(w["by_name"]["channel_vacated"]["delivered"], 40, "{r}");
 }

@@ -293,6 +293,16 @@ impl Ws {
         self.out = Vec::new();
     }
 
+    /// Drops the read buffer once it has grown past `limit` bytes (for a
+    /// large push) and holds nothing unread; the next read starts small.
+    pub fn shrink_read_buffer(&mut self, limit: usize) {
+        if self.buf.len() > limit && self.at == self.end {
+            self.buf = Vec::new();
+            self.at = 0;
+            self.end = 0;
+        }
+    }
+
     /// Waits for the reply to `reference` and hands its frame to `f`.
     pub async fn await_reply_with<R>(
         &mut self,

@@ -22,6 +22,7 @@ pub mod redis_info;
 mod rng;
 mod scenarios;
 pub mod token;
+pub mod webhook_sig;
 pub mod worker;
 
 use clap::{Args, ValueEnum};
@@ -54,6 +55,14 @@ pub enum Scenario {
     /// Occupancy pushes across nodes: S watchers on T topics, joins and leaves
     /// at rate R; push latency, losses, and the Redis commands they cost.
     Occupancy,
+    /// Presence (SPEC §9): N members of one presence topic, churn at rate R;
+    /// diff deliveries/s, server CPU per diff, presence_state time and size,
+    /// diff propagation across nodes, memory per presence member.
+    Presence,
+    /// Occupancy webhooks (SPEC §10): T topics occupied and vacated over the
+    /// nodes; a built-in receiver checks signatures and counts every event
+    /// against the transitions (lost, doubled, latency).
+    Webhooks,
     /// Not a load: serve a minimal Phoenix V2 server (tokio-tungstenite) on
     /// --bind as a floor to compare headcount with, until SIGINT/SIGTERM.
     FloorServer,
@@ -87,16 +96,18 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Server URL(s), loopback only: ws://127.0.0.1:4000/socket/websocket,
-    /// http://127.0.0.1:4000 or 127.0.0.1:4000; a comma list for `cluster`
-    /// and `occupancy` (one per node). Required by every scenario but
-    /// floor-server.
+    /// http://127.0.0.1:4000 or 127.0.0.1:4000; a comma list for `cluster`,
+    /// `occupancy`, `presence` and `webhooks` (one per node). Required by
+    /// every scenario but floor-server.
     #[arg(long, value_delimiter = ',')]
     pub url: Vec<String>,
     /// Sockets to open (hold: held sockets; fanout: subscribers; occupancy:
-    /// watching members; churn: concurrent cycles per worker is --concurrency).
+    /// watching members; presence: members, spread over the nodes; churn:
+    /// concurrent cycles per worker is --concurrency).
     #[arg(long, default_value_t = 1000)]
     pub sockets: usize,
-    /// Distinct topics (hold, occupancy: sockets spread over them; query: populated).
+    /// Distinct topics (hold, occupancy: sockets spread over them; query:
+    /// populated; webhooks: topics occupied and vacated).
     #[arg(long, default_value_t = 1)]
     pub topics: usize,
     /// Topics each socket joins (query: at most this many per populating socket).
@@ -106,14 +117,15 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench:")]
     pub topic_prefix: String,
     /// Connect+join attempts per second over all workers (0 = as fast as
-    /// --concurrency allows). occupancy: joins+leaves per second in the churn
-    /// phase, over the whole cluster (0 = 10).
+    /// --concurrency allows). occupancy, presence: joins+leaves per second in
+    /// the churn phase, over the whole cluster (0 = 10).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// Handshakes in flight per worker (churn: concurrent cycles per worker).
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
-    /// hold: seconds to hold the sockets once all are open.
+    /// hold: seconds to hold the sockets once all are open. webhooks: seconds
+    /// each topic stays occupied.
     #[arg(long, default_value_t = 5.0, help_heading = "hold")]
     pub hold: f64,
     /// Sign an HS256 token for every socket a worker opens (hold; also the
@@ -165,7 +177,8 @@ pub struct BenchArgs {
     /// query: sockets asking concurrently (closed loop each).
     #[arg(long, default_value_t = 1, help_heading = "query")]
     pub askers: usize,
-    /// query: seconds to ask for. occupancy: seconds of the churn phase.
+    /// query: seconds to ask for. occupancy, presence: seconds of the churn
+    /// phase. webhooks: seconds over which the topics are occupied.
     #[arg(long, default_value_t = 5.0, help_heading = "query")]
     pub duration: f64,
     /// query: most queries in all (default 1,000,000). occupancy: stats
@@ -189,14 +202,52 @@ pub struct BenchArgs {
     /// report its commands per second from INFO commandstats.
     #[arg(long, help_heading = "occupancy")]
     pub redis: Option<String>,
+    /// presence: the presence topic the members join; the node(s) must
+    /// match it with --presence-topic (default PREFIX + "presence").
+    #[arg(long, help_heading = "presence")]
+    pub presence_topic: Option<String>,
+    /// presence: an allowed topic that is *not* a presence topic, for the
+    /// memory comparison with --server-pid (default PREFIX + "plain"; the
+    /// comparison is skipped, and says so, when it keeps presence).
+    #[arg(long, help_heading = "presence")]
+    pub plain_topic: Option<String>,
+    /// presence: joins of a probe socket timed to its presence_state on the
+    /// quiet node (the median is reported).
+    #[arg(long, default_value_t = 5, help_heading = "presence")]
+    pub probes: usize,
+    /// webhooks: where the bench's webhook receiver listens, loopback only
+    /// (port 0 = a free port); start the nodes with
+    /// --webhook-url http://ADDR/hook.
+    #[arg(long, default_value = "127.0.0.1:4300", help_heading = "webhooks")]
+    pub receiver_bind: String,
+    /// webhooks: the nodes' --webhook-secret (the receiver checks every
+    /// X-Headcount-Signature with it).
+    #[arg(long, help_heading = "webhooks")]
+    pub webhook_secret: Option<String>,
+    /// webhooks: the nodes' --webhook-vacate-delay-ms: a vacate's
+    /// transition is its leave reply plus this delay.
+    #[arg(long, default_value_t = 3000, help_heading = "webhooks")]
+    pub webhook_vacate_delay_ms: u64,
+    /// webhooks: join with a user_id per topic (the topics must be presence
+    /// topics) and count member_added / member_removed too.
+    #[arg(long, help_heading = "webhooks")]
+    pub presence: bool,
+    /// floor-server: POST occupancy webhooks (channel_occupied,
+    /// channel_vacated) to this http:// URL on loopback, signed with
+    /// --webhook-secret, vacates after --webhook-vacate-delay-ms: a stand-in
+    /// for `bench webhooks` until headcount sends them.
+    #[arg(long, help_heading = "floor-server")]
+    pub webhook_url: Option<String>,
     /// floor-server: listen address, loopback only (port 0 = a free port,
     /// printed in the start line).
     #[arg(long, default_value = "127.0.0.1:4100", help_heading = "floor-server")]
     pub bind: String,
-    /// Server process id: read its RSS (VmRSS in /proc/PID/status).
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// Seconds to wait after sockets close before reading the RSS again.
+    /// Server process id: read its RSS (VmRSS in /proc/PID/status) and CPU
+    /// time. presence: a comma list, one per --url (or one: the first node's).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Seconds to wait after sockets close before reading the RSS again
+    /// (presence: after the members joined, before reading it).
     #[arg(long, default_value_t = 5.0)]
     pub settle: f64,
     /// Heartbeat period while holding (the server closes silent sockets).
@@ -213,7 +264,8 @@ pub struct BenchArgs {
 const AFTER_HELP: &str = "\
 Examples (start the node with --allow-topic 'bench:*'; for query, churn and
 occupancy also raise its per-socket limits: --max-messages-per-second,
---max-messages-burst, --max-joins-per-second, --max-joins-burst):
+--max-messages-burst, --max-joins-per-second, --max-joins-burst; presence and
+webhooks stay within the default limits):
   headcount bench hold --url 127.0.0.1:4000 --sockets 5000 --rate 1000
   headcount bench hold --url 127.0.0.1:4000 --token-secret S --token-in protocol
   headcount bench fanout --url 127.0.0.1:4000 --sockets 10000 --messages 300
@@ -223,9 +275,23 @@ occupancy also raise its per-socket limits: --max-messages-per-second,
   headcount bench cluster --url 127.0.0.1:4001,127.0.0.1:4002 --rounds 200
   headcount bench occupancy --url 127.0.0.1:4001,127.0.0.1:4002 --sockets 2000 --topics 200 \\
       --rate 100 --duration 30 --queries 20 --redis redis://127.0.0.1:6379
+  headcount bench presence --url 127.0.0.1:4000 --sockets 2000 --rate 100 --duration 30 --server-pid PID
+      (node: --allow-topic 'bench:*' --presence-topic 'bench:presence*')
+  headcount bench presence --url 127.0.0.1:4001,127.0.0.1:4002,127.0.0.1:4003 --sockets 9000 \
+      --rate 50 --duration 30 --server-pid PID1,PID2,PID3
+  headcount bench webhooks --url 127.0.0.1:4001,127.0.0.1:4002,127.0.0.1:4003 --topics 10000 \
+      --duration 60 --webhook-secret S --receiver-bind 127.0.0.1:4300
+      (nodes: --webhook-url http://127.0.0.1:4300/hook --webhook-secret S)
   headcount bench floor-server --bind 127.0.0.1:4100   (then any scenario with --url 127.0.0.1:4100)
 Scenarios need only the Phoenix protocol; against a server without headcount's
 /api/stats (the floor server, Phoenix) the count checks are skipped and say so.";
+
+impl BenchArgs {
+    /// The first `--server-pid` (the one node most scenarios measure).
+    pub fn pid(&self) -> Option<u32> {
+        self.server_pid.first().copied()
+    }
+}
 
 /// One server to talk to.
 #[derive(Clone, Debug)]

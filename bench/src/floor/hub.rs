@@ -1,8 +1,10 @@
 //! The floor server's topics: who is joined to each, behind one mutex, and
 //! the fan-out of a message to a topic's members through their channels
 //! (a member whose channel is full is closed as a slow consumer). Also the
-//! `occupancy` pushes of watched topics, and the server's tallies.
+//! `occupancy` pushes of watched topics, the webhook sender's changes (a
+//! topic's first member, its last), and the server's tallies.
 
+use super::webhooks::Change;
 use super::wire;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +47,8 @@ pub(super) struct Hub {
     topics: Mutex<HashMap<String, Topic>>,
     next_id: AtomicU64,
     pub(super) tally: Tally,
+    /// With `--webhook-url`: where occupied / vacated changes go.
+    pub(super) webhooks: Option<mpsc::UnboundedSender<Change>>,
 }
 
 fn unix_ms() -> u64 {
@@ -66,6 +70,11 @@ impl Hub {
     pub(super) fn join(&self, topic: &str, peer: &Peer, watch: bool) {
         let mut topics = self.topics();
         let t = topics.entry(topic.to_string()).or_default();
+        if t.members.is_empty() {
+            if let Some(w) = &self.webhooks {
+                let _ = w.send(Change::Occupied(topic.to_string()));
+            }
+        }
         if let Some((_, was)) = t.members.insert(peer.id, (peer.clone(), watch)) {
             t.watchers -= usize::from(was);
         }
@@ -83,6 +92,9 @@ impl Hub {
             t.watchers -= usize::from(watched);
             if t.members.is_empty() {
                 topics.remove(topic);
+                if let Some(w) = &self.webhooks {
+                    let _ = w.send(Change::Vacated(topic.to_string()));
+                }
             } else {
                 self.count_changed(topic, t);
             }

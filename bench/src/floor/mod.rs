@@ -12,16 +12,21 @@
 //! end to end before the server has occupancy: a join with
 //! `{"occupancy": true}` gets `occupancy` pushes `{"topic","connections",
 //! "timestamp"}` (this node's count; `timestamp` in unix ms), at once and on
-//! every change, uncoalesced.
+//! every change, uncoalesced. And, so that `bench webhooks` can be checked
+//! end to end likewise, with `--webhook-url`: `channel_occupied` /
+//! `channel_vacated` webhooks for this one node (`webhooks`).
 //!
 //! Listens on loopback only; prints one start line and runs until SIGINT or
 //! SIGTERM. Modules: `hub` (topics and their members), `session` (one
-//! WebSocket), `http` (the two routes), `wire` (V2 frames).
+//! WebSocket), `http` (the two routes), `wire` (V2 frames), `webhooks`.
 
 mod http;
 mod hub;
 mod session;
+mod webhooks;
 mod wire;
+
+pub use webhooks::Config as WebhookConfig;
 
 use crate::BenchError;
 use hub::Hub;
@@ -41,6 +46,7 @@ const WS_PATH: &[u8] = b"GET /socket/websocket";
 /// resolves; returns what it served.
 pub async fn run(
     bind: SocketAddr,
+    webhooks: Option<WebhookConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Value, BenchError> {
     let listener = listen(bind)
@@ -48,7 +54,9 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| BenchError::Failed(e.to_string()))?;
-    let hub = Arc::new(Hub::default());
+    let mut hub = Hub::default();
+    hub.webhooks = webhooks.map(webhooks::start);
+    let hub = Arc::new(hub);
     println!(
         "headcount-floor listening on {addr} (minimal Phoenix V2 server on tokio-tungstenite; not headcount)"
     );

@@ -98,7 +98,7 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
             "drain_s": drain_s,
         },
         "rss": {
-            "pid": args.server_pid,
+            "pid": args.pid(),
             "before": rss_before,
             "open": rss_open,
             "held": rss_held,

@@ -154,7 +154,7 @@ pub(super) fn prometheus_sum(text: &str, name: &str) -> Option<f64> {
 }
 
 pub(super) fn rss(args: &BenchArgs) -> Option<u64> {
-    args.server_pid.and_then(rss_of)
+    args.pid().and_then(rss_of)
 }
 
 /// CPU seconds used by the server (with --server-pid) and by this client
@@ -167,7 +167,7 @@ pub(super) struct Cpu {
 impl Cpu {
     pub(super) fn now(args: &BenchArgs, pool: &Pool) -> Cpu {
         Cpu {
-            server: args.server_pid.and_then(|p| cpu_seconds(Some(p))),
+            server: args.pid().and_then(|p| cpu_seconds(Some(p))),
             client: pool.client_cpu(),
         }
     }

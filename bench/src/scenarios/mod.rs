@@ -1,9 +1,11 @@
 //! The coordinator's side of each scenario: start the workers, drive their
 //! phases, read the server's counts and RSS, and build the report (a JSON
 //! object, and a human summary made from it). One module per scenario; what
-//! they share is in `pool` (workers), `measure` (server) and `report`.
+//! they share is in `pool` (workers), `measure` (server), `report` and
+//! `actor` (sockets that join and leave on orders).
 //! `floor-server` is dispatched from here too, to `crate::floor`.
 
+mod actor;
 mod churn;
 mod cluster;
 mod fanout;
@@ -11,10 +13,13 @@ mod hold;
 mod measure;
 mod occupancy;
 mod pool;
+mod presence;
 mod query;
 mod report;
+mod webhooks;
 
 use super::{endpoint, loopback_addr, BenchArgs, BenchError, Scenario};
+use crate::floor::WebhookConfig;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -50,6 +55,8 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
             Scenario::Churn => churn::run(&args, &endpoints[0]).await,
             Scenario::Cluster => cluster::run(&args, &endpoints).await,
             Scenario::Occupancy => occupancy::run(&args, &endpoints, redis).await,
+            Scenario::Presence => presence::run(&args, &endpoints).await,
+            Scenario::Webhooks => webhooks::run(&args, &endpoints).await,
             Scenario::FloorServer => unreachable!("served above"),
         }
     };
@@ -67,6 +74,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
 /// `--timeout`: it is the server side), then prints what it served.
 async fn floor_server(args: &BenchArgs) -> Result<String, BenchError> {
     let bind = loopback_addr("--bind", &args.bind).await?;
+    let webhooks = floor_webhooks(args).await?;
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before the start line: a signal sent as soon as the line is
     // seen must stop the server, not kill the process.
@@ -78,12 +86,39 @@ async fn floor_server(args: &BenchArgs) -> Result<String, BenchError> {
             _ = int.recv() => {}
         }
     };
-    let report = crate::floor::run(bind, shutdown).await?;
+    let report = crate::floor::run(bind, webhooks, shutdown).await?;
     Ok(if args.json {
         report.to_string()
     } else {
         human(&report)
     })
+}
+
+/// The floor server's `--webhook-url` (loopback, http) and its secret.
+async fn floor_webhooks(args: &BenchArgs) -> Result<Option<WebhookConfig>, BenchError> {
+    let Some(url) = &args.webhook_url else {
+        return Ok(None);
+    };
+    let usage = |m: &str| BenchError::Usage(format!("--webhook-url {url}: {m}"));
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| usage("use http://HOST:PORT/PATH"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = loopback_addr("--webhook-url", authority).await?;
+    let secret = args
+        .webhook_secret
+        .clone()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| usage("needs --webhook-secret"))?;
+    Ok(Some(WebhookConfig {
+        addr,
+        path: path.to_string(),
+        secret,
+        delay: Duration::from_millis(args.webhook_vacate_delay_ms),
+    }))
 }
 
 fn check_bounds(args: &BenchArgs) -> Result<(), BenchError> {
@@ -118,8 +153,11 @@ fn check_bounds(args: &BenchArgs) -> Result<(), BenchError> {
     if args.token_secret.as_deref() == Some("") {
         return bad("--token-secret must not be empty");
     }
-    if args.scenario == Scenario::Occupancy {
-        occupancy::check(args)?;
+    match args.scenario {
+        Scenario::Occupancy => occupancy::check(args)?,
+        Scenario::Presence => presence::check(args)?,
+        Scenario::Webhooks => webhooks::check(args)?,
+        _ => {}
     }
     Ok(())
 }
@@ -141,6 +179,8 @@ fn human(r: &Value) -> String {
         "churn" => churn::summary(r, &mut line),
         "cluster" => cluster::summary(r, &mut line),
         "occupancy" => occupancy::summary(r, &mut line),
+        "presence" => presence::summary(r, &mut line),
+        "webhooks" => webhooks::summary(r, &mut line),
         "floor-server" => crate::floor::summary(r, &mut line),
         _ => line(r.to_string()),
     }
