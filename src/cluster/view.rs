@@ -184,14 +184,11 @@ impl View {
             .and_then(|i| inner.slots[usize::from(i)].as_ref())
             .filter(|n| *n.origin == *delta.origin)
             .map(|n| n.seq);
-        if !delta.full {
-            match last {
-                Some(seq) if delta.seq == seq + 1 => {}
-                // Already applied (a message seen twice while a sharded
-                // subscription was made afresh): nothing to do.
-                Some(seq) if delta.seq <= seq => return Ok(Vec::new()),
-                _ => return Err(Gap),
-            }
+        // Anything but the next delta of the same process, even one that
+        // looks already applied (it may differ from what was), sends the
+        // view to the node's snapshot.
+        if !delta.full && last.is_none_or(|seq| delta.seq != seq + 1) {
+            return Err(Gap);
         }
         let slot = inner.slot(&delta.node, &delta.origin, now);
         let mut changed = Vec::new();
