@@ -13,6 +13,7 @@
 use crate::outbox::Outbox;
 use crate::protocol::{self, Vsn};
 use crate::topics;
+use crate::transport::codec;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -509,7 +510,14 @@ impl Registry {
             };
             let frame = slot
                 .get_or_insert_with(|| {
-                    protocol::encode(member.vsn, None, None, topic, "occupancy", payload)
+                    codec::text_frame(&protocol::encode(
+                        member.vsn,
+                        None,
+                        None,
+                        topic,
+                        "occupancy",
+                        payload,
+                    ))
                 })
                 .clone();
             if member.outbox.push(frame) {
@@ -551,7 +559,9 @@ impl Registry {
             };
             let frame = slot
                 .get_or_insert_with(|| {
-                    protocol::encode(member.vsn, None, None, topic, event, payload)
+                    codec::text_frame(&protocol::encode(
+                        member.vsn, None, None, topic, event, payload,
+                    ))
                 })
                 .clone();
             if member.outbox.push(frame) {

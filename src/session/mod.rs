@@ -13,15 +13,12 @@ use crate::outbox::{CloseReason, Outbox};
 use crate::presence::{self, Tracked};
 use crate::protocol::{self, reason, Inbound, JsonRef, Malformed, Vsn};
 use crate::registry::{JoinError, Member, Membership, SocketSlot};
-use crate::transport::codec::{close, WsMessage};
+use crate::transport::codec::{self, close, WsMessage};
 use crate::transport::connection::{Connection, Goodbye, ReadError, Socket};
-use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
-/// Most pings answered per flush; a peer pinging faster gets fewer pongs.
-const MAX_PONGS: usize = 16;
 /// The close code of a socket whose token expired (SPEC §8.1).
 const TOKEN_EXPIRED: u16 = 4001;
 
@@ -82,7 +79,6 @@ struct Session {
     vsn: Vsn,
     outbox: Arc<Outbox>,
     joined: Vec<Joined>,
-    pongs: Vec<Bytes>,
     last_seen: Instant,
     end: Option<End>,
     slot: SocketSlot,
@@ -122,15 +118,16 @@ pub async fn run<S: Socket>(ctx: Arc<Ctx>, stream: S, mut prelude: Vec<u8>, open
         i.closes_at(now)
             .map(|at| Instant::now() + at.saturating_sub(now))
     });
+    let mut conn = Connection::new(stream);
     let mut s = Session {
-        outbox: Arc::new(Outbox::new(
+        outbox: Arc::new(Outbox::with_wire(
             ctx.config.outbound_queue,
             ctx.config.outbound_queue_bytes,
+            conn.wire(),
         )),
         ctx,
         vsn,
         joined: Vec::new(),
-        pongs: Vec::new(),
         last_seen: Instant::now(),
         end: None,
         slot,
@@ -140,7 +137,6 @@ pub async fn run<S: Socket>(ctx: Arc<Ctx>, stream: S, mut prelude: Vec<u8>, open
         flooding_since: 0,
         last_refused: 0,
     };
-    let mut conn = Connection::new(stream);
     if !prelude.is_empty() {
         let fed = conn.feed(&mut prelude, max_frame, &mut |m| s.on_message(m));
         s.read_failed(fed.err());
@@ -154,8 +150,8 @@ pub async fn run<S: Socket>(ctx: Arc<Ctx>, stream: S, mut prelude: Vec<u8>, open
     tokio::pin!(sleep);
     loop {
         if s.end.is_none() {
-            if let Err(_e) = s.flush(&mut conn) {
-                s.end = Some(End::Gone);
+            if let Some(reason) = s.outbox.close_requested() {
+                s.close_for(reason);
             }
         }
         if s.end.is_some() {
@@ -163,7 +159,7 @@ pub async fn run<S: Socket>(ctx: Arc<Ctx>, stream: S, mut prelude: Vec<u8>, open
         }
         tokio::select! {
             biased;
-            _ = s.outbox.ready() => {}
+            _ = s.outbox.ready() => s.flush(),
             ready = conn.readable() => match ready {
                 Ok(()) => {
                     let read = conn.read(max_frame, &mut |m| s.on_message(m));
@@ -175,11 +171,10 @@ pub async fn run<S: Socket>(ctx: Arc<Ctx>, stream: S, mut prelude: Vec<u8>, open
                 }
                 Err(_) => s.end = Some(End::Gone),
             },
-            ready = conn.writable(), if conn.has_pending() => {
-                if ready.is_err() || conn.write_pending().is_err() {
-                    s.end = Some(End::Gone);
-                }
-            }
+            ready = conn.writable(), if s.outbox.has_backlog() => match ready {
+                Ok(()) => s.flush(),
+                Err(_) => s.end = Some(End::Gone),
+            },
             _ = &mut sleep => {
                 let now = Instant::now();
                 if expires.is_some_and(|e| now >= e) {
@@ -210,10 +205,11 @@ pub async fn run<S: Socket>(ctx: Arc<Ctx>, stream: S, mut prelude: Vec<u8>, open
     }
     // Every membership and the socket itself stop counting here, before any
     // goodbye is written.
+    let outbox = s.outbox.clone();
     drop(s);
-    // Boxed: its buffers and timers would otherwise be part of every
-    // socket's future for the socket's whole life.
-    Box::pin(conn.goodbye(end.goodbye())).await;
+    // Boxed: its timers would otherwise be part of every socket's future
+    // for the socket's whole life.
+    Box::pin(conn.goodbye(&outbox, end.goodbye())).await;
 }
 
 impl Session {
@@ -237,9 +233,10 @@ impl Session {
         match message {
             WsMessage::Text(text) => self.inbound(protocol::decode_text(self.vsn, text)),
             WsMessage::Binary(data) => self.inbound(protocol::decode_binary(self.vsn, data)),
+            // Answered at once; pings count against the message rate.
             WsMessage::Ping(data) => {
-                if self.pongs.len() < MAX_PONGS {
-                    self.pongs.push(Bytes::copy_from_slice(data));
+                if self.within_message_rate() {
+                    self.outbox.push(codec::frame(codec::OP_PONG, data));
                 }
             }
             WsMessage::Pong => {}
@@ -495,54 +492,36 @@ impl Session {
         ok: bool,
         body: &str,
     ) {
-        self.outbox.push(protocol::encode_reply(
+        self.outbox.push(codec::text_frame(&protocol::encode_reply(
             self.vsn, join_ref, reference, topic, ok, body,
-        ));
+        )));
     }
 
     fn push(&self, join_ref: Option<&JsonRef>, topic: &str, event: &str, payload: &str) {
-        self.outbox.push(protocol::encode(
+        self.outbox.push(codec::text_frame(&protocol::encode(
             self.vsn, join_ref, None, topic, event, payload,
-        ));
+        )));
     }
 
     /// `phx_close` for a membership that ended: V2 carries the join_ref as
     /// both refs, V1 as its ref (as Phoenix does).
     fn push_close(&self, topic: &str, join_ref: &JsonRef) {
-        self.outbox.push(protocol::encode(
+        self.outbox.push(codec::text_frame(&protocol::encode(
             self.vsn,
             Some(join_ref),
             Some(join_ref),
             topic,
             "phx_close",
             "{}",
-        ));
+        )));
     }
 
-    /// Writes what the outbox holds, or notes a close it asks for.
-    fn flush<S: Socket>(&mut self, conn: &mut Connection<S>) -> std::io::Result<()> {
-        if conn.has_pending() {
-            // The kernel is still full: leave new frames queued (so a peer
-            // that never reads fills its queue) but notice a close request.
-            if let Some(reason) = self.outbox.close_requested() {
-                self.close_for(reason);
-            }
-            return Ok(());
+    /// Writes what waits in the outbox, as much as the kernel takes.
+    fn flush(&mut self) {
+        self.ctx.metrics.queue_depth(self.outbox.len());
+        if self.outbox.flush().is_err() {
+            self.end = Some(End::Gone);
         }
-        let (queue, close) = self.outbox.take();
-        if let Some(reason) = close {
-            self.close_for(reason);
-            if reason == CloseReason::SlowConsumer {
-                return Ok(());
-            }
-        }
-        if queue.is_empty() && self.pongs.is_empty() {
-            return Ok(());
-        }
-        self.ctx.metrics.queue_depth(queue.len());
-        conn.send(&self.pongs, &queue)?;
-        self.pongs = Vec::new();
-        Ok(())
     }
 
     fn close_for(&mut self, reason: CloseReason) {
@@ -552,6 +531,7 @@ impl Session {
                 End::Close(close::POLICY, "slow consumer")
             }
             CloseReason::Shutdown => End::Close(close::GOING_AWAY, "server shutting down"),
+            CloseReason::Broken => End::Gone,
         });
     }
 }

@@ -148,13 +148,20 @@ async fn a_full_outbound_queue_closes_the_socket_as_a_slow_consumer() {
     .await;
     send(&mut c, json!(["1", "1", "rooms:a", "phx_join", {}])).await;
     assert_eq!(next(&mut c).await[4]["status"], "ok");
-    // Five pushes in a row, with no chance for the session to write any of
-    // them: the fifth finds the queue of four full.
-    for i in 0..5 {
-        let payload = json!({ "i": i }).to_string();
-        ctx.registry
-            .publish("rooms:a", "tick", &payload, Select::All);
+    // The client reads nothing: pushes go straight into the socket until
+    // its buffers are full, then four wait in the queue, and the next one
+    // finds the queue full.
+    let payload = json!({ "pad": "x".repeat(1000) }).to_string();
+    let mut pushed = 0;
+    while ctx
+        .registry
+        .publish("rooms:a", "tick", &payload, Select::All)
+        == 1
+    {
+        pushed += 1;
+        assert!(pushed < 100_000, "the socket never filled up");
     }
+    assert!(pushed > 4, "{pushed} pushes went through first");
     assert_eq!(closed(&mut c).await, (1008, "slow consumer".into()));
     wait_until(|| ctx.registry.count("rooms:a") == 0).await;
     assert_eq!(ctx.registry.sockets(), 0);

@@ -298,6 +298,25 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// One whole server frame, ready for a socket's outbox.
+pub fn frame(opcode: u8, payload: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    write_frame(&mut out, opcode, payload);
+    out.into()
+}
+
+/// A text frame of `payload`.
+pub fn text_frame(payload: &[u8]) -> bytes::Bytes {
+    frame(OP_TEXT, payload)
+}
+
+/// A close frame with a code and a short reason.
+pub fn close_frame(code: u16, reason: &str) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(4 + reason.len().min(123));
+    write_close(&mut out, code, reason);
+    out.into()
+}
+
 /// Appends a close frame with a code and a short reason.
 pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
     // A control frame carries at most 125 bytes: the code and 123 of the
