@@ -21,6 +21,7 @@ mod cluster;
 pub mod config;
 mod context;
 mod dashboard;
+mod fanout;
 // Fuzz targets over the private decoders: unit tests (issue 11).
 #[cfg(test)]
 mod fuzz;

@@ -165,6 +165,16 @@ impl Outbox {
         self.enqueue(state, frame)
     }
 
+    /// Queues one whole frame for the session to write, with whatever else
+    /// comes meanwhile, in one syscall (a busy topic's messages).
+    pub fn push_later(&self, frame: Bytes) -> bool {
+        let state = self.lock();
+        if state.close.is_some() {
+            return false;
+        }
+        self.enqueue(state, frame)
+    }
+
     fn enqueue(&self, mut state: MutexGuard<'_, State>, frame: Bytes) -> bool {
         let full = state.queue.len() >= self.capacity as usize
             || state.bytes + frame.len() > self.max_bytes as usize;

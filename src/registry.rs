@@ -10,6 +10,7 @@
 //! a fan-out on one topic holds one shard at a time and never the joins of
 //! the others. Totals live in atomics beside the shards.
 
+use crate::fanout;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Vsn};
 use crate::topics;
@@ -78,6 +79,8 @@ struct Topic {
     members: HashMap<u64, Member>,
     /// Members with `occupancy: true`.
     watchers: u32,
+    /// Keeps messages to this topic in one order; made on the first one.
+    order: Option<Arc<fanout::Order>>,
 }
 
 #[derive(Default)]
@@ -540,35 +543,32 @@ impl Registry {
     /// Pushes one message to the selected members of `topic`, encoding it at
     /// most once per serializer version. Returns how many took it.
     pub fn publish(&self, topic: &str, event: &str, payload: &str, select: Select) -> usize {
-        let shard = self.shard(topic);
-        let Some(entry) = shard.topics.get(topic) else {
-            return 0;
-        };
-        if select == Select::Occupancy && entry.watchers == 0 {
-            return 0;
-        }
-        let mut encoded: [Option<Bytes>; 2] = [None, None];
-        let mut delivered = 0;
-        for member in entry.members.values() {
-            if !select.matches(member) {
-                continue;
-            }
-            let slot = match member.vsn {
-                Vsn::V1 => &mut encoded[0],
-                Vsn::V2 => &mut encoded[1],
+        // The recipients are taken under the shard's lock, and written to
+        // without it: joins elsewhere in the shard never wait on sockets.
+        let (recipients, order) = {
+            let mut shard = self.shard(topic);
+            let Some(entry) = shard.topics.get_mut(topic) else {
+                return 0;
             };
-            let frame = slot
-                .get_or_insert_with(|| {
-                    codec::text_frame(&protocol::encode(
-                        member.vsn, None, None, topic, event, payload,
-                    ))
-                })
-                .clone();
-            if member.outbox.push(frame) {
-                delivered += 1;
+            if select == Select::Occupancy && entry.watchers == 0 {
+                return 0;
             }
-        }
-        delivered
+            let recipients: fanout::Recipients = entry
+                .members
+                .values()
+                .filter(|m| select.matches(m))
+                .map(|m| (m.outbox.clone(), m.vsn))
+                .collect();
+            let order = entry.order.get_or_insert_with(Arc::default).clone();
+            (recipients, order)
+        };
+        let frame = |vsn: Vsn| {
+            recipients.iter().any(|(_, v)| *v == vsn).then(|| {
+                codec::text_frame(&protocol::encode(vsn, None, None, topic, event, payload))
+            })
+        };
+        let frames = [frame(Vsn::V1), frame(Vsn::V2)];
+        fanout::send(&order, &recipients, &frames)
     }
 }
 
