@@ -26,15 +26,17 @@ pub struct Order {
     last: Mutex<Option<Instant>>,
 }
 
-/// Where one message goes: each member's outbox and serializer.
-pub type Recipients = Vec<(Arc<Outbox>, Vsn)>;
+/// One member's outbox and serializer.
+pub type Recipient = (Arc<Outbox>, Vsn);
+/// Where one message goes.
+pub type Recipients = Vec<Recipient>;
 
 /// Sends `frames` (one per serializer version, V1 then V2) to every
 /// recipient; returns how many took it.
 pub fn send(order: &Order, recipients: &Recipients, frames: &[Option<Bytes>; 2]) -> usize {
     let mut last = order.last.lock().unwrap_or_else(|e| e.into_inner());
     let busy = last.is_some_and(|t| t.elapsed() < BUSY_WITHIN);
-    let one = |(outbox, vsn): &(Arc<Outbox>, Vsn)| -> bool {
+    let one = |(outbox, vsn): &Recipient| -> bool {
         let frame = match vsn {
             Vsn::V1 => &frames[0],
             Vsn::V2 => &frames[1],
@@ -66,7 +68,7 @@ pub fn send(order: &Order, recipients: &Recipients, frames: &[Option<Bytes>; 2])
 fn in_parallel(
     recipients: &Recipients,
     threads: usize,
-    one: &(dyn Fn(&(Arc<Outbox>, Vsn)) -> bool + Sync),
+    one: &(dyn Fn(&Recipient) -> bool + Sync),
 ) -> usize {
     let chunk = recipients.len().div_ceil(threads);
     let mut parts = recipients.chunks(chunk);
