@@ -466,7 +466,7 @@ fn decode_bearer(encoded: &str) -> String {
 }
 
 /// The label of the first PEM block (`PUBLIC KEY`, `RSA PRIVATE KEY`, …).
-pub(crate) fn pem_label(pem: &[u8]) -> Option<&str> {
+pub fn pem_label(pem: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(pem).ok()?;
     text.lines()
         .find_map(|l| l.trim().strip_prefix("-----BEGIN "))

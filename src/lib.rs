@@ -1,7 +1,10 @@
 //! headcount: a Phoenix Channels WebSocket server that knows exactly how
 //! many clients are joined to each topic on each node.
 //!
-//! Run a node with [`Server`]; publish pattern events with [`bus::Bus`]:
+//! Run a node with [`Server`] (settings in [`Config`]); publish pattern
+//! events with [`Bus`] and [`Event`]. The public surface stops there, plus
+//! [`auth`] (checking and signing the tokens of SPEC §8, for back-ends and
+//! tests) and [`config`] (the settings' one definition, for the binary):
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,7 +19,6 @@
 pub mod auth;
 pub mod bus;
 mod channels;
-pub mod cli;
 mod cluster;
 pub mod config;
 mod context;

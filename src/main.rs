@@ -1,9 +1,11 @@
 //! The `headcount` binary: argument parsing and logging set-up only; the
 //! work lives in the library, and `bench` in the `headcount-bench` crate.
 
+mod cli;
+
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use headcount::cli::stats::StatsArgs;
-use headcount::cli::watch::WatchArgs;
+use cli::stats::StatsArgs;
+use cli::watch::WatchArgs;
 use headcount::config::{Config, LogFormat, ServeArgs};
 use headcount::Server;
 use std::io::Write as _;
@@ -47,7 +49,7 @@ enum Command {
     /// Live view of a node's stats in the terminal (Ctrl-C quits).
     Watch(WatchArgs),
     /// Sign a token for a node's --auth-secret or --auth-public-key.
-    Token(headcount::cli::token::TokenArgs),
+    Token(cli::token::TokenArgs),
     /// Load generator: hold, fanout, query, churn, cluster, occupancy,
     /// presence, webhooks (loopback only); floor-server runs a minimal
     /// Phoenix server to compare with.
@@ -98,7 +100,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     if let Command::Token(args) = &cli.command {
         // Bad input exits 2, like a bad flag.
-        match headcount::cli::token::run(args) {
+        match cli::token::run(args) {
             Ok(token) => {
                 println!("{token}");
                 return Ok(());
@@ -161,13 +163,13 @@ fn main() -> anyhow::Result<()> {
             std::io::stdout().flush()?;
         }
         Command::Stats(args) => {
-            let out = runtime.block_on(headcount::cli::stats::run(&args))?;
+            let out = runtime.block_on(cli::stats::run(&args))?;
             print!("{out}");
             if !out.ends_with('\n') {
                 println!();
             }
         }
-        Command::Watch(args) => runtime.block_on(headcount::cli::watch::run(&args))?,
+        Command::Watch(args) => runtime.block_on(cli::watch::run(&args))?,
     }
     // Sockets still lingering must not hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

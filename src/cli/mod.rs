@@ -1,5 +1,6 @@
-//! Client-side subcommands of the binary (`stats`, `watch`, `token`), kept in
-//! the library so `main.rs` only parses arguments.
+//! Client-side subcommands of the binary (`stats`, `watch`, `token`): they
+//! talk to a running node over HTTP or sign tokens, and are no part of the
+//! server library.
 
 pub mod fetch;
 pub mod stats;

@@ -1,10 +1,10 @@
 //! `headcount token`: signs a token the way a back-end would (SPEC §8.1), for
 //! trying `--auth` out, for tests and for shell scripts. A real back-end
 //! issues the same token with its own JWT library (README, "Signed
-//! tokens"); every token this prints verifies with [`crate::auth`] under the
+//! tokens"); every token this prints verifies with [`headcount::auth`] under the
 //! matching `--auth-secret` or `--auth-public-key`.
 
-use crate::auth::{pem_label, MAX_INFO_BYTES};
+use headcount::auth::{pem_label, MAX_INFO_BYTES};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -65,7 +65,7 @@ struct Issued<'a> {
 
 /// The token for `args`, issued now.
 pub fn run(args: &TokenArgs) -> Result<String, TokenError> {
-    sign(args, crate::auth::unix_now())
+    sign(args, headcount::auth::unix_now())
 }
 
 /// The token for `args`, issued at unix time `now`.
