@@ -228,7 +228,7 @@ impl Store {
                     .count(max);
                 let mut conn = r.access.conn.clone();
                 let reply: Option<StreamReadReply> =
-                    bounded(conn.xread_options(&[&r.stream], &[">"], &opts)).await?;
+                    r.grouped(bounded(conn.xread_options(&[&r.stream], &[">"], &opts)).await)?;
                 Ok(reply
                     .into_iter()
                     .flat_map(|reply| reply.keys)
@@ -248,15 +248,17 @@ impl Store {
         r.group().await?;
         let opts = StreamAutoClaimOptions::default().count(max);
         let mut conn = r.access.conn.clone();
-        let reply: StreamAutoClaimReply = bounded(conn.xautoclaim_options(
-            &r.stream,
-            GROUP,
-            &r.access.origin,
-            r.takeover_idle.as_millis() as u64,
-            "0-0",
-            opts,
-        ))
-        .await?;
+        let reply: StreamAutoClaimReply = r.grouped(
+            bounded(conn.xautoclaim_options(
+                &r.stream,
+                GROUP,
+                &r.access.origin,
+                r.takeover_idle.as_millis() as u64,
+                "0-0",
+                opts,
+            ))
+            .await,
+        )?;
         Ok(reply.claimed.iter().filter_map(event).collect())
     }
 
@@ -299,6 +301,16 @@ impl Store {
 }
 
 impl Redis {
+    /// `result` of a command on the group; a `NOGROUP` error (Redis lost
+    /// the stream: restarted empty, or flushed) has the group made again
+    /// on the next call, rather than every read failing from then on.
+    fn grouped<T>(&self, result: Result<T, String>) -> Result<T, String> {
+        if result.as_ref().is_err_and(|e| e.contains("NOGROUP")) {
+            *lock(&self.grouped) = false;
+        }
+        result
+    }
+
     async fn group(&self) -> Result<(), String> {
         if *lock(&self.grouped) {
             return Ok(());
