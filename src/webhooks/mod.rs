@@ -185,7 +185,19 @@ async fn send(
                 }
                 tracing::debug!(error = %why, tries, "webhook batch failed; retrying");
                 store.keep(&ids).await;
-                tokio::time::sleep(pause).await;
+                // Events decided meanwhile wait behind this batch: the
+                // gauge follows them through the pause.
+                let until = Instant::now() + pause;
+                loop {
+                    metrics
+                        .webhook_pending
+                        .set((batch.len() + store.queued()) as f64);
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    tokio::time::sleep(left.min(POLL_EVERY)).await;
+                }
             }
         }
     }
