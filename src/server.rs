@@ -120,7 +120,10 @@ impl Server {
             ctx.registry.track_hooks();
             ctx.presence.track_hooks();
             let store = Arc::new(match ctx.cluster.redis_access() {
-                Some(access) => webhooks::Store::redis(access),
+                Some(access) => webhooks::Store::redis(
+                    access,
+                    Duration::from_millis(ctx.config.webhook_takeover_ms),
+                ),
                 None => webhooks::Store::memory(),
             });
             until_stopped(Box::pin(webhooks::watch(ctx.clone(), store.clone())));

@@ -66,6 +66,10 @@ impl Sender {
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .connect_timeout(TIMEOUT)
+            // A redirect is an answer that is not a 2xx: followed, a 301 or
+            // 302 would turn the POST into a GET without the events, and a
+            // 2xx there would count the batch delivered.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the webhook client: {e}"))?;
         Ok(Sender {

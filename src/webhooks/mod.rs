@@ -34,8 +34,11 @@ const LOOK_EVERY: Duration = Duration::from_millis(50);
 const POLL_EVERY: Duration = Duration::from_millis(100);
 /// Most events in one POST.
 const BATCH: usize = 100;
-/// How often events of presumed-dead nodes are looked for.
-const TAKE_OVER_EVERY: Duration = Duration::from_secs(10);
+/// How often events of presumed-dead nodes are looked for: a sixth of the
+/// takeover time, at most every 10 s (the default minute: every 10 s).
+fn take_over_every(takeover_ms: u64) -> Duration {
+    (Duration::from_millis(takeover_ms) / 6).clamp(LOOK_EVERY, Duration::from_secs(10))
+}
 
 /// Turns what this node sees into decisions, until the task is dropped.
 pub async fn watch(ctx: Arc<Ctx>, store: Arc<Store>) {
@@ -115,10 +118,11 @@ pub async fn deliver(ctx: Arc<Ctx>, store: Arc<Store>) {
     };
     let metrics = &ctx.metrics;
     let complaints = Throttle::new();
+    let take_over_period = take_over_every(ctx.config.webhook_takeover_ms);
     let mut last_take_over: Option<Instant> = None;
     loop {
         let mut batch = Vec::new();
-        if last_take_over.is_none_or(|t| t.elapsed() >= TAKE_OVER_EVERY) {
+        if last_take_over.is_none_or(|t| t.elapsed() >= take_over_period) {
             last_take_over = Some(Instant::now());
             match store.take_over(BATCH).await {
                 Ok(events) => batch = events,
@@ -181,7 +185,19 @@ async fn send(
                 }
                 tracing::debug!(error = %why, tries, "webhook batch failed; retrying");
                 store.keep(&ids).await;
-                tokio::time::sleep(pause).await;
+                // Events decided meanwhile wait behind this batch: the
+                // gauge follows them through the pause.
+                let until = Instant::now() + pause;
+                loop {
+                    metrics
+                        .webhook_pending
+                        .set((batch.len() + store.queued()) as f64);
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    tokio::time::sleep(left.min(POLL_EVERY)).await;
+                }
             }
         }
     }

@@ -6,8 +6,8 @@
 //! however many nodes see a transition, it is decided once. Every node
 //! reads the stream in one consumer group, so each event is delivered by
 //! one node; an event is acknowledged after a 2xx, and events a dead node
-//! was holding are claimed by the others after a minute. A single node does
-//! the same in memory.
+//! was holding are claimed by the others after a minute (the hidden
+//! `--webhook-takeover-ms`). A single node does the same in memory.
 
 use crate::cluster::RedisAccess;
 use redis::streams::{
@@ -24,8 +24,6 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(1);
 /// Events kept in the stream at most (delivered ones are deleted).
 const STREAM_MAX: u64 = 100_000;
-/// A pending event idle this long belongs to a node presumed dead.
-pub const TAKEOVER_IDLE: Duration = Duration::from_secs(60);
 const GROUP: &str = "headcount";
 
 /// The four events of SPEC §10.
@@ -119,6 +117,9 @@ pub struct Redis {
     stream: String,
     /// Whether the consumer group exists (made once).
     grouped: Mutex<bool>,
+    /// A pending event idle this long belongs to a node presumed dead
+    /// (`--webhook-takeover-ms`).
+    takeover_idle: Duration,
 }
 
 pub enum Store {
@@ -161,13 +162,14 @@ impl Store {
         Store::Memory(Memory::default())
     }
 
-    pub fn redis(access: RedisAccess) -> Store {
+    pub fn redis(access: RedisAccess, takeover_idle: Duration) -> Store {
         let tag = format!("{{{}:webhooks}}", access.prefix);
         Store::Redis(Redis {
             state: format!("{tag}:state"),
             stream: tag,
             access,
             grouped: Mutex::new(false),
+            takeover_idle,
         })
     }
 
@@ -226,7 +228,7 @@ impl Store {
                     .count(max);
                 let mut conn = r.access.conn.clone();
                 let reply: Option<StreamReadReply> =
-                    bounded(conn.xread_options(&[&r.stream], &[">"], &opts)).await?;
+                    r.grouped(bounded(conn.xread_options(&[&r.stream], &[">"], &opts)).await)?;
                 Ok(reply
                     .into_iter()
                     .flat_map(|reply| reply.keys)
@@ -237,7 +239,7 @@ impl Store {
         }
     }
 
-    /// Events other nodes took and did not deliver for `TAKEOVER_IDLE`
+    /// Events other nodes took and did not deliver for the takeover time
     /// (they are presumed dead), now this node's.
     pub async fn take_over(&self, max: usize) -> Result<Vec<Event>, String> {
         let Store::Redis(r) = self else {
@@ -246,15 +248,17 @@ impl Store {
         r.group().await?;
         let opts = StreamAutoClaimOptions::default().count(max);
         let mut conn = r.access.conn.clone();
-        let reply: StreamAutoClaimReply = bounded(conn.xautoclaim_options(
-            &r.stream,
-            GROUP,
-            &r.access.origin,
-            TAKEOVER_IDLE.as_millis() as u64,
-            "0-0",
-            opts,
-        ))
-        .await?;
+        let reply: StreamAutoClaimReply = r.grouped(
+            bounded(conn.xautoclaim_options(
+                &r.stream,
+                GROUP,
+                &r.access.origin,
+                r.takeover_idle.as_millis() as u64,
+                "0-0",
+                opts,
+            ))
+            .await,
+        )?;
         Ok(reply.claimed.iter().filter_map(event).collect())
     }
 
@@ -297,6 +301,16 @@ impl Store {
 }
 
 impl Redis {
+    /// `result` of a command on the group; a `NOGROUP` error (Redis lost
+    /// the stream: restarted empty, or flushed) has the group made again
+    /// on the next call, rather than every read failing from then on.
+    fn grouped<T>(&self, result: Result<T, String>) -> Result<T, String> {
+        if result.as_ref().is_err_and(|e| e.contains("NOGROUP")) {
+            *lock(&self.grouped) = false;
+        }
+        result
+    }
+
     async fn group(&self) -> Result<(), String> {
         if *lock(&self.grouped) {
             return Ok(());
