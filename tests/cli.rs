@@ -12,7 +12,26 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-fn temp_file(name: &str, contents: &str) -> PathBuf {
+/// A config file in a directory of its own, removed with it.
+struct TempFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TempFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn temp_file(name: &str, contents: &str) -> TempFile {
     let dir = std::env::temp_dir().join(format!(
         "headcount-cli-{}-{}",
         std::process::id(),
@@ -21,7 +40,7 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
-    path
+    TempFile { dir, path }
 }
 
 fn hostname() -> String {
