@@ -567,12 +567,11 @@ mod tests {
         }
     }
 
-    fn temp_file(name: &str, contents: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("hc-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
+    /// A config file, removed when the value drops.
+    fn temp_file(name: &str, contents: &str) -> tempfile::TempPath {
+        let mut file = tempfile::Builder::new().suffix(name).tempfile().unwrap();
+        std::io::Write::write_all(&mut file, contents.as_bytes()).unwrap();
+        file.into_temp_path()
     }
 
     #[test]

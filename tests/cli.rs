@@ -9,38 +9,13 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// A config file in a directory of its own, removed with it.
-struct TempFile {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl std::ops::Deref for TempFile {
-    type Target = std::path::Path;
-    fn deref(&self) -> &std::path::Path {
-        &self.path
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn temp_file(name: &str, contents: &str) -> TempFile {
-    let dir = std::env::temp_dir().join(format!(
-        "headcount-cli-{}-{}",
-        std::process::id(),
-        name.replace(['.', '/'], "_")
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    TempFile { dir, path }
+/// A config file, removed when the value drops.
+fn temp_file(name: &str, contents: &str) -> tempfile::TempPath {
+    let mut file = tempfile::Builder::new().suffix(name).tempfile().unwrap();
+    std::io::Write::write_all(&mut file, contents.as_bytes()).unwrap();
+    file.into_temp_path()
 }
 
 fn hostname() -> String {
