@@ -89,6 +89,8 @@ struct Session {
     /// without a second's break, and when the last was; 0 when not.
     flooding_since: u64,
     last_refused: u64,
+    /// When the socket's token stops being valid, if it has one.
+    expires: Option<Instant>,
 }
 
 /// How long a socket may stay over `--max-messages-per-second` before it is
@@ -97,11 +99,16 @@ const FLOOD_LIMIT_US: u64 = 10_000_000;
 
 /// Runs a socket from just after its 101 response until it is closed.
 /// `prelude` holds bytes the HTTP layer had already read past the handshake.
-pub async fn run<S: Socket>(ctx: Arc<Ctx>, stream: S, mut prelude: Vec<u8>, opening: Opening) {
-    let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
-    let max_frame = ctx.config.max_frame_bytes;
-    let stopped = ctx.stop.clone().cancelled_owned();
-    tokio::pin!(stopped);
+///
+/// The setup is done here, before the future is made: what a socket's task
+/// holds for its whole life is only what `live` takes (an async fn keeps its
+/// arguments for its whole life, and every byte here is paid per socket).
+pub fn run<S: Socket>(
+    ctx: Arc<Ctx>,
+    stream: S,
+    mut prelude: Vec<u8>,
+    opening: Opening,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let Opening {
         vsn,
         slot,
@@ -136,83 +143,107 @@ pub async fn run<S: Socket>(ctx: Arc<Ctx>, stream: S, mut prelude: Vec<u8>, open
         joins: Bucket::default(),
         flooding_since: 0,
         last_refused: 0,
+        expires,
     };
     if !prelude.is_empty() {
+        let max_frame = s.ctx.config.max_frame_bytes;
         let fed = conn.feed(&mut prelude, max_frame, &mut |m| s.on_message(m));
         s.read_failed(fed.err());
     }
-    drop(prelude);
-    let deadline = |last_seen: Instant| {
-        let idle_at = last_seen + idle;
-        expires.map_or(idle_at, |e| e.min(idle_at))
-    };
-    let sleep = tokio::time::sleep_until(deadline(s.last_seen));
-    tokio::pin!(sleep);
-    loop {
-        if s.end.is_none() {
-            if let Some(reason) = s.outbox.close_requested() {
-                s.close_for(reason);
+    live(s, conn)
+}
+
+/// The socket's life: its task waits here. Not an `async fn`, whose
+/// arguments would be kept twice in the future (as given and as moved into
+/// its body): the block below uses `s` and `conn` where they were captured.
+fn live<S: Socket>(
+    mut s: Session,
+    mut conn: Connection<S>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        let ctx = s.ctx.clone();
+        // `pin!` on the expression, not on a variable: a pinned copy of a
+        // variable would keep the variable's room in the future as well.
+        let mut stopped = std::pin::pin!(ctx.stop.cancelled());
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(s.deadline()));
+        loop {
+            if s.end.is_none() {
+                if let Some(reason) = s.outbox.close_requested() {
+                    s.close_for(reason);
+                }
             }
-        }
-        if s.end.is_some() {
-            break;
-        }
-        tokio::select! {
-            biased;
-            _ = s.outbox.ready() => s.flush(),
-            ready = conn.readable() => match ready {
-                Ok(()) => {
-                    let read = conn.read(max_frame, &mut |m| s.on_message(m));
-                    match read {
-                        Ok(true) => s.last_seen = Instant::now(),
-                        Ok(false) => {}
-                        Err(e) => s.read_failed(Some(e)),
+            if s.end.is_some() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = s.outbox.ready() => s.flush(),
+                ready = conn.ready(s.outbox.has_backlog()) => match ready {
+                    Ok(ready) => {
+                        if ready.is_writable() && s.outbox.has_backlog() {
+                            s.flush();
+                        }
+                        if ready.is_readable() && s.end.is_none() {
+                            let max_frame = s.ctx.config.max_frame_bytes;
+                            let read = conn.read(max_frame, &mut |m| s.on_message(m));
+                            match read {
+                                Ok(true) => s.last_seen = Instant::now(),
+                                Ok(false) => {}
+                                Err(e) => s.read_failed(Some(e)),
+                            }
+                        }
+                    }
+                    Err(_) => s.end = Some(End::Gone),
+                },
+                _ = &mut sleep => {
+                    let now = Instant::now();
+                    if s.expires.is_some_and(|e| now >= e) {
+                        s.ctx.metrics.token_expiries.increment(1);
+                        s.end = Some(End::Close(TOKEN_EXPIRED, "token expired"));
+                    } else if now >= s.last_seen + s.idle() {
+                        s.ctx.metrics.idle_timeouts.increment(1);
+                        s.end = Some(End::Close(close::NORMAL, "idle timeout"));
+                    } else {
+                        sleep.as_mut().reset(s.deadline());
                     }
                 }
-                Err(_) => s.end = Some(End::Gone),
-            },
-            ready = conn.writable(), if s.outbox.has_backlog() => match ready {
-                Ok(()) => s.flush(),
-                Err(_) => s.end = Some(End::Gone),
-            },
-            _ = &mut sleep => {
-                let now = Instant::now();
-                if expires.is_some_and(|e| now >= e) {
-                    s.ctx.metrics.token_expiries.increment(1);
-                    s.end = Some(End::Close(TOKEN_EXPIRED, "token expired"));
-                } else if now >= s.last_seen + idle {
-                    s.ctx.metrics.idle_timeouts.increment(1);
-                    s.end = Some(End::Close(close::NORMAL, "idle timeout"));
-                } else {
-                    sleep.as_mut().reset(deadline(s.last_seen));
-                }
+                _ = &mut stopped => s.close_for(CloseReason::Shutdown),
             }
-            _ = &mut stopped => s.close_for(CloseReason::Shutdown),
         }
-    }
-    let end = s.end.unwrap_or(End::Gone);
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        for j in &s.joined {
-            s.log_left(j.membership.topic(), "close");
+        let end = s.end.unwrap_or(End::Gone);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for j in &s.joined {
+                s.log_left(j.membership.topic(), "close");
+            }
+            tracing::debug!(
+                node = %s.ctx.config.node,
+                socket_id = s.slot.id(),
+                reason = end.describe(),
+                memberships = s.joined.len(),
+                "socket closed"
+            );
         }
-        tracing::debug!(
-            node = %s.ctx.config.node,
-            socket_id = s.slot.id(),
-            reason = end.describe(),
-            memberships = s.joined.len(),
-            "socket closed"
-        );
+        // Every membership and the socket itself stop counting here, before any
+        // goodbye is written.
+        let outbox = s.outbox.clone();
+        drop(s);
+        // Boxed: its timers would otherwise be part of every socket's future
+        // for the socket's whole life.
+        Box::pin(conn.goodbye(&outbox, end.goodbye())).await;
     }
-    // Every membership and the socket itself stop counting here, before any
-    // goodbye is written.
-    let outbox = s.outbox.clone();
-    drop(s);
-    // Boxed: its timers would otherwise be part of every socket's future
-    // for the socket's whole life.
-    Box::pin(conn.goodbye(&outbox, end.goodbye())).await;
 }
 
 impl Session {
+    fn idle(&self) -> Duration {
+        Duration::from_millis(self.ctx.config.idle_timeout_ms)
+    }
+
+    /// When the idle timer or the token's end closes the socket.
+    fn deadline(&self) -> Instant {
+        let idle_at = self.last_seen + self.idle();
+        self.expires.map_or(idle_at, |e| e.min(idle_at))
+    }
+
     fn read_failed(&mut self, error: Option<ReadError>) {
         match error {
             None => {}

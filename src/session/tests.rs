@@ -186,3 +186,25 @@ async fn wait_until(done: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Memory is what bounds the sockets a node holds, and a socket's task is
+/// most of it: tokio rounds the task up to 128 bytes and the allocator to
+/// its size class, so a future past ~780 bytes costs the next class (1,024
+/// bytes rather than 896 per socket), and one that keeps its arguments
+/// twice costs 1,536.
+#[tokio::test]
+async fn a_sockets_task_stays_small() {
+    let ctx = Ctx::assemble(Config::default(), 100).expect("a single-node context");
+    let (server, _client) = UnixStream::pair().expect("a socket pair");
+    let slot = ctx.registry.try_open_socket(100, None).expect("a slot");
+    let opening = Opening {
+        vsn: Vsn::V2,
+        slot,
+        identity: None,
+    };
+    let task = ctx
+        .tasks
+        .track_future(run(ctx.clone(), server, Vec::new(), opening));
+    let size = std::mem::size_of_val(&task);
+    assert!(size <= 780, "a socket's future is {size} bytes");
+}

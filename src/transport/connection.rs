@@ -15,6 +15,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{Interest, Ready};
 use tokio::time::Instant;
 
 /// How long a closing connection may take to flush its goodbye and hear
@@ -27,6 +28,7 @@ const READ_CHUNK: usize = 8192;
 pub trait Socket: Wire + AsRawFd + Send + Sync + 'static {
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
     fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send;
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
@@ -38,6 +40,9 @@ macro_rules! socket_impl {
             }
             fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
                 <$t>::writable(self)
+            }
+            fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send {
+                <$t>::ready(self, interest)
             }
             fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
                 <$t>::try_read(self, buf)
@@ -88,15 +93,20 @@ impl<S: Socket> Connection<S> {
         self.stream.clone()
     }
 
-    /// Resolves when there may be bytes to read.
-    pub fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        self.stream.readable()
-    }
-
-    /// Resolves when the kernel takes bytes again; only worth awaiting
-    /// while the outbox has a backlog.
-    pub fn writable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        self.stream.writable()
+    /// Resolves when there may be bytes to read or, with `also_writable`
+    /// (only worth it while the outbox has a backlog), when the kernel
+    /// takes bytes again. One readiness future for both, so a socket's task
+    /// carries one and not two.
+    pub fn ready(
+        &self,
+        also_writable: bool,
+    ) -> impl Future<Output = io::Result<Ready>> + Send + '_ {
+        let interest = if also_writable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        self.stream.ready(interest)
     }
 
     /// Reads what the kernel holds and calls `on` for every complete

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# headcount against the floor server (`headcount bench floor-server`: a bare
+# tokio-tungstenite Phoenix V2 server) with the same client in the same
+# run, for the side-by-side table in BENCHMARKS.md. Each round starts every
+# server fresh in turn and measures, in order: connect + join of 18,000
+# sockets (CPU per socket, RSS per socket), saturated fan-out to 10,000
+# subscribers (300 HTTP broadcasts as fast as accepted) and isolated events
+# (10 broadcasts at 1/s); then the kernel's bare-send floor
+# (scripts/sendfloor.py).
+#
+#   cargo build --release
+#   scripts/bench-floor.sh 3 /tmp/floor-out     # then read the summary it prints
+#
+# OTHER=path adds a third server binary (another build of headcount, e.g.
+# the commit before a change) to every round.
+set -euo pipefail
+RUNS=${1:-3}
+OUT=${2:-/tmp/headcount-floor}
+BIN=${BIN:-$(cargo metadata --format-version 1 --no-deps |
+  grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)/release/headcount}
+PORT=${PORT:-21100}
+mkdir -p "$OUT"
+export RUST_BACKTRACE=0
+here=$(cd "$(dirname "$0")" && pwd)
+
+NO_LIMITS=(--max-messages-per-second 1000000 --max-messages-burst 1000000
+  --max-joins-per-second 1000000 --max-joins-burst 1000000)
+
+start() { # start NAME → sets PID
+  case $1 in
+    headcount) RUST_LOG=warn "$BIN" serve --bind 127.0.0.1:$PORT --node bench@127.0.0.1 \
+      --allow-topic 'bench:*' --client-broadcast "${NO_LIMITS[@]}" ;;
+    other) RUST_LOG=warn "$OTHER" serve --bind 127.0.0.1:$PORT --node bench@127.0.0.1 \
+      --allow-topic 'bench:*' --client-broadcast "${NO_LIMITS[@]}" ;;
+    floor) "$BIN" bench floor-server --bind 127.0.0.1:$PORT ;;
+  esac >"$OUT/serve.out" 2>"$OUT/serve.err" </dev/null &
+  PID=$!
+  for _ in $(seq 100); do
+    if (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then return; fi
+    sleep 0.1
+  done
+  echo "$1 did not start" >&2; exit 1
+}
+stop() { kill "$PID"; wait "$PID" 2>/dev/null || true; }
+bench() { # bench NAME ARGS...
+  local name=$1; shift
+  "$BIN" bench "$@" --url 127.0.0.1:$PORT --json >"$OUT/$name.json"
+  echo "$name: done" >&2
+}
+
+servers="headcount floor${OTHER:+ other}"
+for r in $(seq "$RUNS"); do
+  for s in $servers; do
+    start "$s"
+    bench "$s-hold-$r" hold --sockets 18000 --hold 5 --server-pid "$PID" --settle 5
+    stop
+    start "$s"
+    bench "$s-sat-$r" fanout --sockets 10000 --messages 300 --server-pid "$PID"
+    bench "$s-iso-$r" fanout --sockets 10000 --messages 10 --publish-rate 1 --server-pid "$PID"
+    stop
+  done
+  python3 "$here/sendfloor.py" | tee "$OUT/sendfloor-$r.txt"
+done
+
+med() { # med GLOB JQ-EXPR → median and the runs' values
+  local vals n
+  vals=$(for f in $OUT/$1.json; do jq -r "$2" "$f"; done | sort -g | tr '\n' ' ')
+  n=$(echo "$vals" | wc -w)
+  printf '%-18s %-42s median %-10s runs: %s\n' "$1" "$2" \
+    "$(echo "$vals" | tr ' ' '\n' | grep -v '^$' | sed -n "$(((n + 1) / 2))p")" "$vals"
+}
+for s in $servers; do
+  med "$s-hold-*" .open.cpu.server_us_per_unit
+  med "$s-hold-*" .open.connect_join_per_s
+  med "$s-hold-*" .rss.bytes_per_socket
+  for f in sat iso; do
+    med "$s-$f-*" .cpu_per_delivery.server_us_per_unit
+    med "$s-$f-*" .deliveries_per_s
+    med "$s-$f-*" .latency.p50_us
+    med "$s-$f-*" .latency.p99_us
+    med "$s-$f-*" .lost
+  done
+done
+grep -h median "$OUT"/sendfloor-*.txt
