@@ -156,14 +156,14 @@ pub fn run<S: Socket>(
 /// The socket's life: its task waits here. Not an `async fn`, whose
 /// arguments would be kept twice in the future (as given and as moved into
 /// its body): the block below uses `s` and `conn` where they were captured.
+/// `a_sockets_task_stays_small` keeps it so.
+#[allow(clippy::manual_async_fn)]
 fn live<S: Socket>(
     mut s: Session,
     mut conn: Connection<S>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     async move {
         let ctx = s.ctx.clone();
-        // `pin!` on the expression, not on a variable: a pinned copy of a
-        // variable would keep the variable's room in the future as well.
         let mut stopped = std::pin::pin!(ctx.stop.cancelled());
         let mut sleep = std::pin::pin!(tokio::time::sleep_until(s.deadline()));
         loop {
