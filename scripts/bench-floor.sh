@@ -12,7 +12,8 @@
 #   scripts/bench-floor.sh 3 /tmp/floor-out     # then read the summary it prints
 #
 # OTHER=path adds a third server binary (another build of headcount, e.g.
-# the commit before a change) to every round.
+# the commit before a change) to every round, run with OTHER_ARGS (a build
+# older than the per-socket limits takes no limit flags).
 set -euo pipefail
 RUNS=${1:-3}
 OUT=${2:-/tmp/headcount-floor}
@@ -27,13 +28,15 @@ NO_LIMITS=(--max-messages-per-second 1000000 --max-messages-burst 1000000
   --max-joins-per-second 1000000 --max-joins-burst 1000000)
 
 start() { # start NAME → sets PID
+  local cmd
   case $1 in
-    headcount) RUST_LOG=warn "$BIN" serve --bind 127.0.0.1:$PORT --node bench@127.0.0.1 \
-      --allow-topic 'bench:*' --client-broadcast "${NO_LIMITS[@]}" ;;
-    other) RUST_LOG=warn "$OTHER" serve --bind 127.0.0.1:$PORT --node bench@127.0.0.1 \
-      --allow-topic 'bench:*' --client-broadcast "${NO_LIMITS[@]}" ;;
-    floor) "$BIN" bench floor-server --bind 127.0.0.1:$PORT ;;
-  esac >"$OUT/serve.out" 2>"$OUT/serve.err" </dev/null &
+    headcount) cmd=("$BIN" serve --bind 127.0.0.1:$PORT --node bench@127.0.0.1
+      --allow-topic 'bench:*' --client-broadcast "${NO_LIMITS[@]}") ;;
+    other) cmd=("$OTHER" serve --bind 127.0.0.1:$PORT --node bench@127.0.0.1
+      --allow-topic 'bench:*' --client-broadcast ${OTHER_ARGS:-}) ;;
+    floor) cmd=("$BIN" bench floor-server --bind 127.0.0.1:$PORT) ;;
+  esac
+  RUST_LOG=warn "${cmd[@]}" >"$OUT/serve.out" 2>"$OUT/serve.err" </dev/null &
   PID=$!
   for _ in $(seq 100); do
     if (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then return; fi
