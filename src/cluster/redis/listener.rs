@@ -184,6 +184,15 @@ impl Listener {
             PushKind::Disconnection => {
                 self.lost = true;
                 self.redis.synced.store(false, Ordering::SeqCst);
+                // On a Redis Cluster nothing else starts the round that
+                // syncs the view again while every partition still carries
+                // traffic: the client resubscribes only when the same
+                // server comes back (not after a failover), and its
+                // confirmations are not awaited here.
+                if self.sub.is_cluster() {
+                    tracing::info!("lost a redis server: subscribing afresh");
+                    self.rebuild = true;
+                }
             }
             PushKind::Subscribe if self.lost && !self.sub.is_cluster() => {
                 self.lost = false;
