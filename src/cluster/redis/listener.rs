@@ -106,8 +106,11 @@ impl Listener {
     async fn subscribe(&mut self) {
         let mut logged = false;
         loop {
-            let attempt =
-                tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.sub.subscribe(&self.channels)).await;
+            let attempt = tokio::time::timeout(
+                SUBSCRIBE_TIMEOUT,
+                self.sub.subscribe(&self.channels, &self.redis.conn),
+            )
+            .await;
             match attempt {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) if !logged => {
