@@ -6,8 +6,6 @@
 //! 500 ms cross-node bound on a real redis-server. The phoenix.js
 //! `Presence` class itself is driven by `tests/node/presence.test.js`.
 
-// Only the part of it this file needs is used.
-#[allow(dead_code)]
 mod cluster_support;
 mod common;
 

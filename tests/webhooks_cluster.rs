@@ -17,7 +17,6 @@
 //! `--webhook-takeover-ms`. Three `#[ignore]`d tests reproduce product
 //! bugs found here (run them with `--ignored`; each says what it shows).
 
-#[allow(dead_code)]
 mod cluster_support;
 mod common;
 mod webhook_support;

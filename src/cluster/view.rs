@@ -176,7 +176,8 @@ impl View {
     /// Applies the next delta of a node's stream. A full delta replaces what
     /// the view holds for the node; a partial one must follow the last
     /// applied one of the same process, or the view has missed something
-    /// (`Gap`). Returns the topics whose counts changed.
+    /// (`Gap`). `now` is when the node was alive (when it wrote a snapshot
+    /// read later, say). Returns the topics whose counts changed.
     pub fn apply(&self, delta: &Delta, now: Instant) -> Result<Vec<Arc<str>>, Gap> {
         let mut inner = self.write();
         let known = inner.by_name.get(delta.node.as_str()).copied();
@@ -216,7 +217,8 @@ impl View {
         node.origin = delta.origin.as_str().into();
         node.seq = delta.seq;
         node.totals = delta.totals;
-        node.heard = now;
+        // A snapshot may show the node alive earlier than it was last heard.
+        node.heard = node.heard.max(now);
         drop(inner);
         self.bump(&changed, totals_changed);
         Ok(changed)
@@ -424,5 +426,20 @@ mod tests {
         assert_eq!(sorted(view.remove("c")), ["x"]);
         assert!(view.names().is_empty());
         view.with_topics(|t| assert_eq!(t.totals().count(), 0));
+    }
+
+    #[test]
+    fn a_node_is_as_old_as_its_last_word_even_from_an_older_snapshot() {
+        let view = View::new();
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(800);
+        // Heard at t1, then its snapshot (written at t0) is read.
+        view.apply(&delta("b", 1, true, &[("x", 1)]), t1).unwrap();
+        view.apply(&delta("b", 1, true, &[("x", 1)]), t0).unwrap();
+        assert_eq!(view.nodes(t1)[0].age_ms, 0);
+        // A node first seen in a snapshot written at t0 is that old.
+        view.apply(&delta("c", 4, true, &[("x", 2)]), t0).unwrap();
+        let (gone, _) = view.expire(Duration::from_millis(500), t1);
+        assert_eq!(gone, vec![Arc::from("c")]);
     }
 }

@@ -2,6 +2,11 @@
 //! declares as `mod common;`): a throw-away `redis-server` per test, a raw
 //! RESP client, and headcount nodes started in cluster mode on it.
 //! Everything started here is stopped when its value is dropped.
+//! `redis_cluster` does the same for a Redis Cluster of six servers. Each
+//! test crate uses a part of it, hence `allow(dead_code)`.
+#![allow(dead_code)]
+
+pub mod redis_cluster;
 
 use crate::common::{cluster_stats, free_port, v2, wait_for, Client, Server};
 use std::io::{BufRead, BufReader};
@@ -133,7 +138,7 @@ fn ping(port: u16) -> bool {
 }
 
 /// A one-shot RESP2 client: arrays come back joined with newlines.
-fn resp_command(port: u16, args: &[&str]) -> std::io::Result<String> {
+pub fn resp_command(port: u16, args: &[&str]) -> std::io::Result<String> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;

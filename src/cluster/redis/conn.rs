@@ -9,14 +9,20 @@
 //!
 //! The cluster client resubscribes a sharded channel only when the same
 //! node comes back, not after a failover or a slot migration, so the
-//! subscriber here can be rebuilt: the listener does so when a channel it
-//! expects traffic on goes quiet, or Redis says it was unsubscribed.
+//! subscriber here can be rebuilt: the listener does so when a server is
+//! lost, a channel it expects traffic on goes quiet, or Redis says it was
+//! unsubscribed. A rebuild starts from the `--redis` seeds; when none of
+//! them answers (a single seed that was a master and failed over, say), it
+//! starts from the servers the cluster lists now.
 
 use super::RedisSetupError;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture, Value};
+use redis::{
+    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo,
+    RedisFuture, Value,
+};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -140,9 +146,9 @@ pub fn manager_config() -> ConnectionManagerConfig {
 /// The cluster client, with short waits between its own retries: every
 /// command is bounded by a timeout of ours anyway.
 fn cluster_client(
-    nodes: &[redis::ConnectionInfo],
+    nodes: &[ConnectionInfo],
     pushes: Option<UnboundedSender<PushInfo>>,
-) -> Result<ClusterClient, RedisSetupError> {
+) -> redis::RedisResult<ClusterClient> {
     let mut builder = ClusterClientBuilder::new(nodes.to_vec())
         .use_protocol(ProtocolVersion::RESP3)
         .connection_timeout(Duration::from_millis(500))
@@ -154,7 +160,7 @@ fn cluster_client(
     if let Some(tx) = pushes {
         builder = builder.push_sender(tx);
     }
-    builder.build().map_err(RedisSetupError::Url)
+    builder.build()
 }
 
 fn cluster_config() -> ClusterConfig {
@@ -171,6 +177,9 @@ pub enum Subscriber {
     Cluster {
         client: Box<ClusterClient>,
         conn: Option<ClusterConnection>,
+        /// The `--redis` seeds.
+        seeds: Vec<ConnectionInfo>,
+        pushes: UnboundedSender<PushInfo>,
     },
 }
 
@@ -202,14 +211,17 @@ pub fn open(
             Ok((Conn::Single(conn), Subscriber::Single(sub)))
         }
         Target::Cluster(nodes) => {
-            let commands = cluster_client(&nodes, None)?;
+            let commands = cluster_client(&nodes, None).map_err(RedisSetupError::Url)?;
             let conn = commands.get_pending_async_connection_with_config(cluster_config());
-            let client = cluster_client(&nodes, Some(pushes))?;
+            let client =
+                cluster_client(&nodes, Some(pushes.clone())).map_err(RedisSetupError::Url)?;
             Ok((
                 Conn::Cluster(conn),
                 Subscriber::Cluster {
                     client: Box::new(client),
                     conn: None,
+                    seeds: nodes,
+                    pushes,
                 },
             ))
         }
@@ -233,8 +245,13 @@ impl Subscriber {
 
     /// Subscribes to every channel (once on a single Redis: the manager
     /// resubscribes after reconnects; again after every rebuild on a
-    /// Redis Cluster).
-    pub async fn subscribe(&mut self, channels: &Channels) -> redis::RedisResult<()> {
+    /// Redis Cluster). `commands` lists the cluster's servers when no seed
+    /// answers.
+    pub async fn subscribe(
+        &mut self,
+        channels: &Channels,
+        commands: &Conn,
+    ) -> redis::RedisResult<()> {
         match self {
             Subscriber::Single(sub) => {
                 let mut all: Vec<&str> = channels.view.iter().map(String::as_str).collect();
@@ -242,14 +259,37 @@ impl Subscriber {
                 all.push(&channels.events);
                 sub.subscribe(&all).await
             }
-            Subscriber::Cluster { client, conn } => {
+            Subscriber::Cluster {
+                client,
+                conn,
+                seeds,
+                pushes,
+            } => {
                 // The old connection goes first: two at once would deliver
                 // some messages twice.
                 *conn = None;
                 // The client's push sender carries over to the connection.
-                let mut fresh = client
+                let mut fresh = match client
                     .get_async_connection_with_config(cluster_config())
-                    .await?;
+                    .await
+                {
+                    Ok(fresh) => fresh,
+                    Err(e) => {
+                        // No seed answers: start from the servers the
+                        // cluster lists now (kept for later rebuilds too).
+                        let Some(known) = known_nodes(commands, seeds).await else {
+                            return Err(e);
+                        };
+                        tracing::info!(
+                            servers = known.len(),
+                            "no --redis seed answers: subscribing through the servers the cluster lists"
+                        );
+                        **client = cluster_client(&known, Some(pushes.clone()))?;
+                        client
+                            .get_async_connection_with_config(cluster_config())
+                            .await?
+                    }
+                };
                 for ch in channels.view.iter().chain(&channels.relay) {
                     fresh.ssubscribe(ch).await?;
                 }
@@ -258,5 +298,100 @@ impl Subscriber {
                 Ok(())
             }
         }
+    }
+}
+
+/// The servers the cluster lists now (`CLUSTER NODES` through the command
+/// connection), less those known to be failing, each with the settings of
+/// the first seed (password, TLS, protocol); `None` when the question
+/// cannot be answered.
+async fn known_nodes(commands: &Conn, seeds: &[ConnectionInfo]) -> Option<Vec<ConnectionInfo>> {
+    let template = seeds.first()?;
+    let mut conn = commands.clone();
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("NODES");
+    let listing: String = cmd.query_async(&mut conn).await.ok()?;
+    let nodes: Vec<ConnectionInfo> = parse_nodes(&listing)
+        .into_iter()
+        .filter_map(|(host, port)| {
+            let addr = match template.addr() {
+                ConnectionAddr::Tcp(seed_host, _) => {
+                    ConnectionAddr::Tcp(host.unwrap_or_else(|| seed_host.clone()), port)
+                }
+                ConnectionAddr::TcpTls {
+                    host: seed_host,
+                    insecure,
+                    tls_params,
+                    ..
+                } => ConnectionAddr::TcpTls {
+                    host: host.unwrap_or_else(|| seed_host.clone()),
+                    port,
+                    insecure: *insecure,
+                    tls_params: tls_params.clone(),
+                },
+                _ => return None,
+            };
+            Some(template.clone().set_addr(addr))
+        })
+        .collect();
+    (!nodes.is_empty()).then_some(nodes)
+}
+
+/// `(host, port)` of every server in a `CLUSTER NODES` listing that is not
+/// failing; the host is `None` when the listing leaves it out.
+fn parse_nodes(listing: &str) -> Vec<(Option<String>, u16)> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            // <id> <ip:port@cport[,hostname]> <flags> …
+            let mut fields = line.split_whitespace();
+            let (_, addr, flags) = (fields.next()?, fields.next()?, fields.next()?);
+            let failing = flags
+                .split(',')
+                .any(|f| matches!(f, "fail" | "fail?" | "handshake" | "noaddr"));
+            if failing {
+                return None;
+            }
+            let (host, port) = addr.split(['@', ',']).next()?.rsplit_once(':')?;
+            let host = (!host.is_empty()).then(|| host.to_owned());
+            Some((host, port.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_listing_gives_the_servers_not_failing() {
+        let listing = "\
+07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,host-4 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master,fail - 1426238316232 1426238316232 3 disconnected
+6ec23923021cf3ffec47632106199cb7f496ce01 :30005@31005 myself,master - 0 0 5 connected 10923-16383
+824fe116063bc5fcf9f4ffd895bc17aee7731ac3 127.0.0.1:30006@31006 master,fail? - 0 0 6 connected
+";
+        assert_eq!(
+            parse_nodes(listing),
+            [
+                (Some("127.0.0.1".to_owned()), 30004),
+                (Some("127.0.0.1".to_owned()), 30002),
+                (None, 30005),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_comma_list_or_cluster_true_is_a_cluster() {
+        assert!(matches!(
+            target("redis://a:1, redis://b:2"),
+            Ok(Target::Cluster(n)) if n.len() == 2
+        ));
+        assert!(matches!(
+            target("redis://a:1/?cluster=true"),
+            Ok(Target::Cluster(n)) if n.len() == 1
+        ));
+        assert!(matches!(target("redis://a:1"), Ok(Target::Single(_))));
     }
 }

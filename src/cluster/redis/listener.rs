@@ -32,7 +32,7 @@ enum Read {
     /// The registry of nodes, for a full round.
     Names(Result<Vec<String>, String>),
     /// One node's snapshot (`None`: the node is gone).
-    Snapshot(String, Result<Option<Delta>, String>),
+    Snapshot(String, Result<Option<sync::Snapshot>, String>),
 }
 
 struct Listener {
@@ -106,8 +106,11 @@ impl Listener {
     async fn subscribe(&mut self) {
         let mut logged = false;
         loop {
-            let attempt =
-                tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.sub.subscribe(&self.channels)).await;
+            let attempt = tokio::time::timeout(
+                SUBSCRIBE_TIMEOUT,
+                self.sub.subscribe(&self.channels, &self.redis.conn),
+            )
+            .await;
             match attempt {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) if !logged => {
@@ -184,6 +187,15 @@ impl Listener {
             PushKind::Disconnection => {
                 self.lost = true;
                 self.redis.synced.store(false, Ordering::SeqCst);
+                // On a Redis Cluster nothing else starts the round that
+                // syncs the view again while every partition still carries
+                // traffic: the client resubscribes only when the same
+                // server comes back (not after a failover), and its
+                // confirmations are not awaited here.
+                if self.sub.is_cluster() {
+                    tracing::info!("lost a redis server: subscribing afresh");
+                    self.rebuild = true;
+                }
             }
             PushKind::Subscribe if self.lost && !self.sub.is_cluster() => {
                 self.lost = false;
@@ -252,8 +264,13 @@ impl Listener {
     }
 
     /// Applies a delta, or starts reading its node's snapshot on a gap.
-    fn apply(&mut self, mut delta: Delta) {
-        match self.redis.view.apply(&delta, Instant::now()) {
+    fn apply(&mut self, delta: Delta) {
+        self.apply_heard(delta, Instant::now());
+    }
+
+    /// Applies a delta that shows its node alive at `heard`.
+    fn apply_heard(&mut self, mut delta: Delta, heard: Instant) {
+        match self.redis.view.apply(&delta, heard) {
             Ok(changed) => {
                 let presence = std::mem::take(&mut delta.presence);
                 self.redis
@@ -314,9 +331,16 @@ impl Listener {
                         return;
                     }
                     None => self.redis.presence.remove_node(&node),
-                    Some(snapshot) => {
+                    Some(sync::Snapshot {
+                        delta: snapshot,
+                        age,
+                    }) => {
                         let (origin, seq) = (snapshot.origin.clone(), snapshot.seq);
-                        self.apply(snapshot);
+                        // The node was last heard from when it wrote the
+                        // snapshot, not now: one that died leaves the view
+                        // by its TTL even when its snapshot is read late.
+                        let heard = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                        self.apply_heard(snapshot, heard);
                         let mut newer: Vec<Delta> = waiting
                             .into_iter()
                             .filter(|d| d.full || d.origin != origin || d.seq > seq)

@@ -1,13 +1,23 @@
 //! Reading other nodes' snapshots, for when the view cannot follow a node's
 //! deltas: at start, after the subscription comes back from an outage, and
-//! when a node's sequence has a gap. A snapshot read is two commands on one
-//! hash slot; a node whose snapshot is gone has left (or expired).
+//! when a node's sequence has a gap. A snapshot read is one pipeline on one
+//! hash slot; a node whose snapshot is gone has left (or expired). A
+//! snapshot tells how long ago it was written, so reading one of a node
+//! that died does not make it look alive.
 
 use super::{describe, wire, RedisBackend, COMMAND_TIMEOUT};
 use crate::cluster::keys::Keys;
 use crate::cluster::view::{Delta, Totals};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
+use std::time::Duration;
+
+/// A node's snapshot, as a full delta, and how long ago the node wrote it
+/// (by the Redis clock, which wrote its `at` too).
+pub struct Snapshot {
+    pub delta: Delta,
+    pub age: Duration,
+}
 
 /// The names in the registry of nodes.
 pub async fn names(redis: &RedisBackend) -> Result<Vec<String>, String> {
@@ -23,8 +33,8 @@ pub async fn names(redis: &RedisBackend) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// `node`'s snapshot as a full delta, or `None` when it has none (gone).
-pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Delta>, String> {
+/// `node`'s snapshot, or `None` when it has none (gone).
+pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Snapshot>, String> {
     let [meta_key, topics_key, presence_key] = Keys::snapshot(&redis.keys.prefix, node);
     let mut pipe = ::redis::pipe();
     pipe.cmd("HGETALL")
@@ -32,15 +42,18 @@ pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Delta>,
         .cmd("HGETALL")
         .arg(&topics_key)
         .cmd("HGETALL")
-        .arg(&presence_key);
+        .arg(&presence_key)
+        // Keyless: it goes to the same server as the rest.
+        .cmd("TIME");
     let mut conn = redis.conn.clone();
-    redis.metrics.redis_commands.increment(3);
+    redis.metrics.redis_commands.increment(4);
     type Reply = (
         HashMap<String, String>,
         HashMap<String, u64>,
         HashMap<String, String>,
+        Vec<u64>,
     );
-    let (meta, topics, presence): Reply =
+    let (meta, topics, presence, time): Reply =
         tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn))
             .await
             .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
@@ -58,7 +71,12 @@ pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Delta>,
     let (Some(c), Some(s), Some(k)) = (number("c"), number("s"), number("k")) else {
         return Err(format!("the snapshot of node {node:?} is incomplete"));
     };
-    Ok(Some(Delta {
+    let now_ms = match time.as_slice() {
+        [secs, micros] => secs * 1000 + micros / 1000,
+        _ => 0,
+    };
+    let age = Duration::from_millis(number("at").map_or(0, |at| now_ms.saturating_sub(at)));
+    let delta = Delta {
         node: node.to_owned(),
         origin: meta.get("o").cloned().unwrap_or_default(),
         seq: number("q").unwrap_or(0),
@@ -77,5 +95,6 @@ pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Delta>,
                 wire::presence_change((topic, phx_ref, Some(key), Some(meta))).ok()
             })
             .collect(),
-    }))
+    };
+    Ok(Some(Snapshot { delta, age }))
 }
