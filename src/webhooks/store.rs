@@ -8,6 +8,20 @@
 //! one node; an event is acknowledged after a 2xx, and events a dead node
 //! was holding are claimed by the others after a minute (the hidden
 //! `--webhook-takeover-ms`). A single node does the same in memory.
+//!
+//! The hash holds, for each occupied channel or present member, the Redis
+//! time (ms) it was recorded at. A departure carries how long the deciding
+//! node has seen the thing gone; one that was recorded again after that (the
+//! node's view is stale: it came back elsewhere) is refused.
+//!
+//! An epoch marker beside the hash (a random value, set by whichever node
+//! first finds it missing) tells a Redis that lost the hash (restarted
+//! empty, flushed): every decision names the epoch its node last restored,
+//! and a decision under another is refused, so the node first restores what
+//! it believed Redis held (silently: no event) under the new one.
+//!
+//! All keys share one hash tag, `{<prefix>:webhooks}`: one slot on a Redis
+//! Cluster.
 
 use crate::cluster::RedisAccess;
 use redis::streams::{
@@ -19,11 +33,14 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Longest a store command may take.
 const TIMEOUT: Duration = Duration::from_secs(1);
 /// Events kept in the stream at most (delivered ones are deleted).
 const STREAM_MAX: u64 = 100_000;
+/// Fields restored by one script call.
+const RESTORE_BATCH: usize = 500;
 const GROUP: &str = "headcount";
 
 /// The four events of SPEC §10.
@@ -57,16 +74,69 @@ pub struct Decision {
     pub name: Name,
     pub channel: Arc<str>,
     pub user: Option<Arc<str>>,
+    /// For a departure: when this node saw the thing go.
+    pub gone_since: Option<Instant>,
 }
 
 impl Decision {
     /// The arbiter's state field of the channel or member.
-    fn field(&self) -> String {
+    pub fn field(&self) -> String {
         match &self.user {
-            None => format!("c\n{}", self.channel),
-            Some(user) => format!("m\n{}\n{user}", self.channel),
+            None => channel_field(&self.channel),
+            Some(user) => member_field(&self.channel, user),
         }
     }
+
+    /// Whether this decision starts the state it names.
+    pub fn starts(&self) -> bool {
+        self.name.starts()
+    }
+}
+
+/// The state field of a channel.
+pub fn channel_field(channel: &str) -> String {
+    format!("c\n{channel}")
+}
+
+/// The state field of a member (a presence KEY on a channel).
+pub fn member_field(channel: &str, user: &str) -> String {
+    format!("m\n{channel}\n{user}")
+}
+
+/// What a state field names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Held {
+    Channel(Arc<str>),
+    Member(Arc<str>, Arc<str>),
+}
+
+/// The channel or member of a state field; `None` for a member whose
+/// channel and KEY cannot be told apart (both hold a line feed).
+pub fn parse_field(field: &str) -> Option<Held> {
+    if let Some(channel) = field.strip_prefix("c\n") {
+        return Some(Held::Channel(Arc::from(channel)));
+    }
+    let rest = field.strip_prefix("m\n")?;
+    let (channel, user) = rest.split_once('\n')?;
+    if user.contains('\n') {
+        return None;
+    }
+    Some(Held::Member(Arc::from(channel), Arc::from(user)))
+}
+
+/// What the arbiter made of a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// This decision flipped the state: its event is queued.
+    Flipped,
+    /// The state already was so (another node decided it).
+    Unchanged,
+    /// A departure of a thing recorded again since this node saw it go:
+    /// this node's view was stale.
+    Stale,
+    /// Redis's epoch is not the one this node last restored (or it has none
+    /// yet): nothing was done; restore, then decide again.
+    NewEpoch,
 }
 
 /// One event as the receiver gets it.
@@ -79,29 +149,110 @@ pub struct Event {
     pub user_id: Option<String>,
 }
 
+/// The Redis time in ms, as `now` (a script prelude).
+const NOW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"#;
+
 /// Flips the state and appends the event only when it flipped.
-/// KEYS: state hash, stream. ARGV: field, `1` (start) or `0` (end), name,
-/// channel, user id (or empty), stream length bound.
+/// KEYS: state hash, stream, epoch marker. ARGV: field, `1` (start) or `0`
+/// (end), name, channel, user id (or empty), stream length bound, the
+/// node's epoch, for an end how long the node has seen the thing gone (ms).
+/// Returns 1 flipped, 0 unchanged, -1 stale (an end refused: recorded again
+/// since the node saw it go), -2 another epoch (nothing done).
 static DECIDE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"
+if redis.call('GET', KEYS[3]) ~= ARGV[7] then
+  return -2
+end
+{NOW}
+if ARGV[2] == '1' then
+  if redis.call('HSETNX', KEYS[1], ARGV[1], string.format('%d', now)) == 0 then
+    return 0
+  end
+else
+  local since = redis.call('HGET', KEYS[1], ARGV[1])
+  if not since then
+    return 0
+  end
+  since = tonumber(since)
+  if since and since > now - tonumber(ARGV[8]) then
+    return -1
+  end
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local fields = {{'name', ARGV[3], 'channel', ARGV[4]}}
+if ARGV[5] ~= '' then
+  fields[#fields + 1] = 'user_id'
+  fields[#fields + 1] = ARGV[5]
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
+return 1
+"#
+    ))
+});
+
+/// The epoch marker, set to ARGV[1] when missing. KEYS: the marker.
+/// Returns its value.
+static EPOCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local flipped
-if ARGV[2] == '1' then
-  flipped = redis.call('HSETNX', KEYS[1], ARGV[1], '1')
-else
-  flipped = redis.call('HDEL', KEYS[1], ARGV[1])
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
 end
-if flipped == 1 then
-  local fields = {'name', ARGV[3], 'channel', ARGV[4]}
-  if ARGV[5] ~= '' then
-    fields[#fields + 1] = 'user_id'
-    fields[#fields + 1] = ARGV[5]
-  end
-  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
-end
-return false
+return epoch
 "#,
     )
+});
+
+/// Records what a node believed Redis held, where Redis holds nothing (no
+/// event). KEYS: state hash, epoch marker. ARGV: the epoch, then pairs of
+/// field and `1` (here: recorded now) or `0` (leaving: recorded as of long
+/// ago, so that its departure goes through). Returns 1, or -2 under
+/// another epoch (nothing done).
+static RESTORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return -2
+end
+{NOW}
+for i = 2, #ARGV, 2 do
+  local since = '0'
+  if ARGV[i + 1] == '1' then
+    since = string.format('%d', now)
+  end
+  redis.call('HSETNX', KEYS[1], ARGV[i], since)
+end
+return 1
+"#
+    ))
+});
+
+/// One step of a scan of the state hash. KEYS: state hash. ARGV: cursor,
+/// count, age (ms). Returns the next cursor, then the fields recorded at
+/// least that long ago.
+static SCAN_OLD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"
+{NOW}
+local before = now - tonumber(ARGV[3])
+local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local out = {{page[1]}}
+local kv = page[2]
+for i = 1, #kv, 2 do
+  local since = tonumber(kv[i + 1])
+  if not since or since <= before then
+    out[#out + 1] = kv[i]
+  end
+end
+return out
+"#
+    ))
 });
 
 #[derive(Default)]
@@ -115,6 +266,10 @@ pub struct Redis {
     access: RedisAccess,
     state: String,
     stream: String,
+    /// The epoch marker.
+    epoch_key: String,
+    /// The epoch this node last restored its beliefs under.
+    epoch: Mutex<Option<String>>,
     /// Whether the consumer group exists (made once).
     grouped: Mutex<bool>,
     /// A pending event idle this long belongs to a node presumed dead
@@ -166,6 +321,8 @@ impl Store {
         let tag = format!("{{{}:webhooks}}", access.prefix);
         Store::Redis(Redis {
             state: format!("{tag}:state"),
+            epoch_key: format!("{tag}:epoch"),
+            epoch: Mutex::new(None),
             stream: tag,
             access,
             grouped: Mutex::new(false),
@@ -173,44 +330,145 @@ impl Store {
         })
     }
 
+    /// Whether decisions are shared with other nodes (Redis), rather than
+    /// this node's alone.
+    pub fn shared(&self) -> bool {
+        matches!(self, Store::Redis(_))
+    }
+
     /// Records a transition; the event is queued only if this decision is
     /// the one that flipped the state.
-    pub async fn decide(&self, d: &Decision) -> Result<(), String> {
+    pub async fn decide(&self, d: &Decision) -> Result<Outcome, String> {
         match self {
             Store::Memory(m) => {
                 let mut state = lock(&m.state);
-                let flipped = if d.name.starts() {
+                let flipped = if d.starts() {
                     state.insert(d.field())
                 } else {
                     state.remove(&d.field())
                 };
                 drop(state);
-                if flipped {
-                    let n = m.next.fetch_add(1, Ordering::Relaxed);
-                    lock(&m.queue).push_back(Event {
-                        id: format!("{}-{n}", super::deliver::unix_ms()),
-                        name: d.name.as_str().into(),
-                        channel: d.channel.to_string(),
-                        user_id: d.user.as_ref().map(|u| u.to_string()),
-                    });
+                if !flipped {
+                    return Ok(Outcome::Unchanged);
                 }
-                Ok(())
+                let n = m.next.fetch_add(1, Ordering::Relaxed);
+                lock(&m.queue).push_back(Event {
+                    id: format!("{}-{n}", super::deliver::unix_ms()),
+                    name: d.name.as_str().into(),
+                    channel: d.channel.to_string(),
+                    user_id: d.user.as_ref().map(|u| u.to_string()),
+                });
+                Ok(Outcome::Flipped)
             }
             Store::Redis(r) => {
+                let Some(epoch) = lock(&r.epoch).clone() else {
+                    return Ok(Outcome::NewEpoch);
+                };
+                let gone_for = d.gone_since.map_or(0, |t| t.elapsed().as_millis() as u64);
                 let mut invocation = DECIDE.key(&r.state);
                 invocation
                     .key(&r.stream)
+                    .key(&r.epoch_key)
                     .arg(d.field())
-                    .arg(if d.name.starts() { "1" } else { "0" })
+                    .arg(if d.starts() { "1" } else { "0" })
                     .arg(d.name.as_str())
                     .arg(&*d.channel)
                     .arg(d.user.as_deref().unwrap_or(""))
-                    .arg(STREAM_MAX);
+                    .arg(STREAM_MAX)
+                    .arg(epoch)
+                    .arg(gone_for);
                 let mut conn = r.access.conn.clone();
-                bounded(invocation.invoke_async::<Value>(&mut conn)).await?;
-                Ok(())
+                match bounded(invocation.invoke_async::<i64>(&mut conn)).await? {
+                    1 => Ok(Outcome::Flipped),
+                    0 => Ok(Outcome::Unchanged),
+                    -1 => Ok(Outcome::Stale),
+                    -2 => Ok(Outcome::NewEpoch),
+                    other => Err(format!("unexpected decision reply {other}")),
+                }
             }
         }
+    }
+
+    /// Redis's epoch marker (set now if missing), when it is not the one
+    /// this node last restored under: Redis lost the state, or this node
+    /// has not restored yet. `None` on a single node.
+    pub async fn new_epoch(&self) -> Result<Option<String>, String> {
+        let Store::Redis(r) = self else {
+            return Ok(None);
+        };
+        let fresh = format!(
+            "{}-{}",
+            r.access.origin,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let mut invocation = EPOCH.key(&r.epoch_key);
+        invocation.arg(fresh);
+        let mut conn = r.access.conn.clone();
+        let epoch: String = bounded(invocation.invoke_async(&mut conn)).await?;
+        Ok((lock(&r.epoch).as_deref() != Some(epoch.as_str())).then_some(epoch))
+    }
+
+    /// Records, silently, what this node believed Redis held — each field
+    /// with whether the thing is here (`true`) or leaving — where Redis
+    /// holds nothing, under `epoch` (from `new_epoch`), which becomes this
+    /// node's. `Ok(false)` if the epoch changed again meanwhile.
+    pub async fn restore(&self, epoch: &str, held: &[(String, bool)]) -> Result<bool, String> {
+        let Store::Redis(r) = self else {
+            return Ok(true);
+        };
+        // At least one call, even with nothing to restore: it checks the
+        // epoch.
+        let mut batches = held.chunks(RESTORE_BATCH).peekable();
+        let empty: &[(String, bool)] = &[];
+        let first = batches.peek().is_none().then_some(empty);
+        for batch in first.into_iter().chain(batches) {
+            let mut invocation = RESTORE.key(&r.state);
+            invocation.key(&r.epoch_key).arg(epoch);
+            for (field, here) in batch {
+                invocation.arg(field).arg(if *here { "1" } else { "0" });
+            }
+            let mut conn = r.access.conn.clone();
+            match bounded(invocation.invoke_async::<i64>(&mut conn)).await? {
+                1 => {}
+                -2 => return Ok(false),
+                other => return Err(format!("unexpected restore reply {other}")),
+            }
+        }
+        *lock(&r.epoch) = Some(epoch.to_owned());
+        Ok(true)
+    }
+
+    /// One step of a scan of what Redis holds as occupied or present:
+    /// from `cursor` (`"0"` to start), about `count` fields, those
+    /// recorded at least `age` ago, and the next cursor (`"0"`: done).
+    /// Nothing on a single node.
+    pub async fn scan_old(
+        &self,
+        cursor: &str,
+        count: usize,
+        age: Duration,
+    ) -> Result<(String, Vec<String>), String> {
+        let Store::Redis(r) = self else {
+            return Ok(("0".into(), Vec::new()));
+        };
+        let mut invocation = SCAN_OLD.key(&r.state);
+        invocation
+            .arg(cursor)
+            .arg(count)
+            .arg(age.as_millis() as u64);
+        let mut conn = r.access.conn.clone();
+        let reply: Vec<Vec<u8>> = bounded(invocation.invoke_async(&mut conn)).await?;
+        let mut reply = reply.into_iter();
+        let next = reply
+            .next()
+            .and_then(|c| String::from_utf8(c).ok())
+            .ok_or("bad scan reply")?;
+        Ok((
+            next,
+            reply.filter_map(|f| String::from_utf8(f).ok()).collect(),
+        ))
     }
 
     /// Up to `max` new events for this node to deliver.
@@ -341,6 +599,7 @@ mod tests {
             name,
             channel: Arc::from(channel),
             user: user.map(Arc::from),
+            gone_since: None,
         }
     }
 
@@ -367,5 +626,29 @@ mod tests {
         let ids: HashSet<&String> = events.iter().map(|e| &e.id).collect();
         assert_eq!(ids.len(), 3, "unique ids");
         assert!(s.next(100).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_state_field_names_its_channel_or_member() {
+        for d in [
+            d(Name::ChannelOccupied, "rooms:a", None),
+            d(Name::MemberAdded, "rooms:a", Some("u:1")),
+            d(Name::MemberAdded, "rooms:\na", Some("u:1")),
+        ] {
+            let want = match &d.user {
+                None => Held::Channel(d.channel.clone()),
+                Some(u) => Held::Member(d.channel.clone(), u.clone()),
+            };
+            if d.channel.contains('\n') {
+                assert_eq!(parse_field(&d.field()), None, "ambiguous");
+            } else {
+                assert_eq!(parse_field(&d.field()), Some(want));
+            }
+        }
+        assert_eq!(
+            parse_field("c\nrooms:\nline"),
+            Some(Held::Channel(Arc::from("rooms:\nline")))
+        );
+        assert_eq!(parse_field("x\nrooms:a"), None);
     }
 }
