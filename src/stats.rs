@@ -263,7 +263,13 @@ pub struct Reporter {
     registry: Arc<Registry>,
     started: Instant,
     rendered: Mutex<Rendered>,
+    /// The last RSS read and when (ms since `started`): a stream of joins
+    /// each getting `initial_stats` would otherwise read /proc per join.
+    rss: Mutex<Option<(u64, u64)>>,
 }
+
+/// How long an RSS reading serves the monitoring block.
+const RSS_FRESH_MS: u64 = 250;
 
 /// One moment's totals, and the listing they were taken from.
 pub struct Figures {
@@ -279,6 +285,21 @@ impl Reporter {
             registry,
             started: Instant::now(),
             rendered: Mutex::new(Rendered::default()),
+            rss: Mutex::new(None),
+        }
+    }
+
+    /// This process's RSS, read at most every `RSS_FRESH_MS`.
+    fn memory_bytes(&self) -> u64 {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut last = self.rss.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some((at, bytes)) if now.saturating_sub(at) < RSS_FRESH_MS => bytes,
+            _ => {
+                let bytes = rss_bytes();
+                *last = Some((now, bytes));
+                bytes
+            }
         }
     }
 
@@ -364,12 +385,16 @@ impl Reporter {
 
     /// The `get_monitoring` reply (and the `monitoring` of `initial_stats`).
     pub fn monitoring(&self, filter: &Filter) -> String {
-        let local = raw(self.local(filter));
+        self.monitoring_around(&raw(self.local(filter)))
+    }
+
+    /// The monitoring block around a LocalStats already rendered.
+    pub fn monitoring_around(&self, local: &RawValue) -> String {
         to_json(&Monitoring {
-            websocket_connections: &local,
+            websocket_connections: local,
             node: self.node(),
             uptime_s: self.started.elapsed().as_secs(),
-            memory_bytes: rss_bytes(),
+            memory_bytes: self.memory_bytes(),
             version: env!("CARGO_PKG_VERSION"),
         })
     }

@@ -116,6 +116,10 @@ pub struct BenchArgs {
     /// Topic names are PREFIX<n>; the server must allow them (--allow-topic 'bench:*').
     #[arg(long, default_value = "bench:")]
     pub topic_prefix: String,
+    /// hold: every socket joins exactly this topic instead of PREFIX<n>
+    /// (e.g. patterns:stream, whose join carries an initial_stats push).
+    #[arg(long, help_heading = "hold")]
+    pub topic: Option<String>,
     /// Connect+join attempts per second over all workers (0 = as fast as
     /// --concurrency allows). occupancy, presence: joins+leaves per second in
     /// the churn phase, over the whole cluster (0 = 10).

@@ -15,8 +15,9 @@ struct InitialStats<'a> {
 
 pub fn initial_stats(ctx: &Ctx) -> String {
     let pushed = super::stats::push_filter(ctx);
+    // One rendering of the node's stats serves both blocks.
     let stats = raw(ctx.reporter.local(&pushed));
-    let monitoring = raw(ctx.reporter.monitoring(&pushed));
+    let monitoring = raw(ctx.reporter.monitoring_around(&stats));
     to_json(&InitialStats {
         stats: &stats,
         monitoring: &monitoring,

@@ -150,6 +150,9 @@ fn check_bounds(args: &BenchArgs) -> Result<(), BenchError> {
     if args.limit.is_some_and(|l| !(1..=100_000).contains(&l)) {
         return bad("--limit: 1 to 100,000 (SPEC §7.3)");
     }
+    if args.topic.is_some() && (args.scenario != Scenario::Hold || args.topics_per_socket != 1) {
+        return bad("--topic: for hold, with one topic per socket");
+    }
     if args.token_secret.as_deref() == Some("") {
         return bad("--token-secret must not be empty");
     }

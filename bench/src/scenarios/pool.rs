@@ -257,6 +257,7 @@ pub(super) fn base_spec(args: &BenchArgs, ep: &Endpoint, kind: Kind, workers: us
         cycles: 0,
         abrupt_every: args.abrupt_every,
         token: token_spec(args),
+        exact_topic: args.topic.clone(),
     }
 }
 

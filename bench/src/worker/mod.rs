@@ -72,6 +72,9 @@ pub struct WorkerSpec {
     pub abrupt_every: u64,
     /// Sign a token for every socket opened (`--token-secret`).
     pub token: Option<TokenSpec>,
+    /// Every socket joins this one topic instead (hold's `--topic`).
+    #[serde(default)]
+    pub exact_topic: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]

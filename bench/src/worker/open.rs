@@ -167,5 +167,8 @@ pub(super) async fn open_many(
 }
 
 pub(super) fn topic(spec: &WorkerSpec, n: usize) -> String {
-    format!("{}{}", spec.prefix, n)
+    match &spec.exact_topic {
+        Some(t) => t.clone(),
+        None => format!("{}{}", spec.prefix, n),
+    }
 }
