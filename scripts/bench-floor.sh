@@ -6,7 +6,7 @@
 # sockets (CPU per socket, RSS per socket), saturated fan-out to 10,000
 # subscribers (300 HTTP broadcasts as fast as accepted) and isolated events
 # (10 broadcasts at 1/s); then the kernel's bare-send floor
-# (scripts/sendfloor.py).
+# (scripts/sendfloor.py), without and with a reader waiting on the sockets.
 #
 #   cargo build --release
 #   scripts/bench-floor.sh 3 /tmp/floor-out     # then read the summary it prints
@@ -63,6 +63,7 @@ for r in $(seq "$RUNS"); do
     stop
   done
   python3 "$here/sendfloor.py" | tee "$OUT/sendfloor-$r.txt"
+  python3 "$here/sendfloor.py" --live | tee "$OUT/sendfloor-live-$r.txt"
 done
 
 med() { # med GLOB JQ-EXPR → median and the runs' values
@@ -84,4 +85,5 @@ for s in $servers; do
     med "$s-$f-*" .lost
   done
 done
-grep -h median "$OUT"/sendfloor-*.txt
+grep -h median "$OUT"/sendfloor-[0-9]*.txt
+grep -h median "$OUT"/sendfloor-live-*.txt
