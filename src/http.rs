@@ -19,7 +19,6 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
@@ -69,37 +68,96 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
 
-/// `GET /socket/websocket`: checks `vsn`, the handshake, the origin, the
-/// token and capacity, answers 101 and hands the raw TCP stream to a new
-/// session task.
-async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
-    let vsn_param = query_param(req.uri().query(), "vsn");
+/// A WebSocket upgrade the node has accepted: what the 101 response says
+/// and what the session starts with.
+pub struct Admitted {
+    pub accept: handshake::Accept,
+    pub opening: crate::session::Opening,
+}
+
+/// Why an upgrade is refused: the status, the error body's message and the
+/// metric it counts in (counted only when the refusal is answered).
+pub struct Refusal {
+    status: StatusCode,
+    message: &'static str,
+    counts: Option<Counted>,
+}
+
+enum Counted {
+    Socket(SocketRefusal),
+    Auth(&'static str),
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: &'static str) -> Refusal {
+        Refusal {
+            status,
+            message,
+            counts: None,
+        }
+    }
+
+    fn socket(status: StatusCode, message: &'static str, why: SocketRefusal) -> Refusal {
+        Refusal {
+            counts: Some(Counted::Socket(why)),
+            ..Refusal::new(status, message)
+        }
+    }
+
+    fn answer(self, ctx: &Ctx) -> Response {
+        match self.counts {
+            Some(Counted::Socket(why)) => ctx.metrics.socket_refused(why),
+            Some(Counted::Auth(label)) => ctx.metrics.auth_failed(label),
+            None => {}
+        }
+        error(self.status, self.message)
+    }
+}
+
+/// Decides a WebSocket upgrade (`GET /socket/websocket`): the `vsn`, the
+/// handshake, the origin, the token and capacity. Counts nothing: the
+/// caller answers a refusal (the router does, see `upgrade`). On success
+/// the socket's slot is taken.
+pub fn admit(
+    ctx: &Ctx,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<Admitted, Refusal> {
+    let vsn_param = query_param(query, "vsn");
     let Some(vsn) = Vsn::from_param(vsn_param.as_deref()) else {
-        return error(StatusCode::FORBIDDEN, "unsupported vsn (use 1.x or 2.x)");
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "unsupported vsn (use 1.x or 2.x)",
+        ));
     };
     if ctx.draining() {
-        ctx.metrics.socket_refused(SocketRefusal::Draining);
-        return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+        return Err(Refusal::socket(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server shutting down",
+            SocketRefusal::Draining,
+        ));
     }
-    let accept = match handshake::accept(req.headers()) {
-        Ok(a) => a,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
+    let accept =
+        handshake::accept(headers).map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, why))?;
+    if let Some(origin) = headers.get(header::ORIGIN) {
         let allowed = ctx.origins.as_ref().is_none_or(|globs| {
             origin
                 .to_str()
                 .is_ok_and(|o| globs.matches(o.trim_end_matches('/')))
         });
         if !allowed {
-            ctx.metrics.socket_refused(SocketRefusal::Origin);
-            return error(StatusCode::FORBIDDEN, "origin not allowed");
+            return Err(Refusal::socket(
+                StatusCode::FORBIDDEN,
+                "origin not allowed",
+                SocketRefusal::Origin,
+            ));
         }
     }
     let identity = match &ctx.auth {
         None => None,
         Some(verifier) => {
-            let token = auth::request_token(req.uri().query(), req.headers());
+            let token = auth::request_token(query, headers);
             match auth::authenticate(
                 verifier,
                 ctx.config.auth,
@@ -108,58 +166,74 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
             ) {
                 Ok(identity) => identity.map(Box::new),
                 Err(failure) => {
-                    ctx.metrics.auth_failed(failure.metric_label());
-                    return error(StatusCode::FORBIDDEN, failure.reason());
+                    return Err(Refusal {
+                        counts: Some(Counted::Auth(failure.metric_label())),
+                        ..Refusal::new(StatusCode::FORBIDDEN, failure.reason())
+                    })
                 }
             }
         }
     };
-    let per_ip = match (
-        ctx.config.max_connections_per_ip,
-        req.extensions().get::<Peer>(),
-    ) {
+    let per_ip = match (ctx.config.max_connections_per_ip, peer) {
         (0, _) | (_, None) => None,
-        (max, Some(peer)) => Some((peer.0.ip(), max)),
+        (max, Some(peer)) => Some((peer.ip(), max)),
     };
     let slot = match ctx.registry.try_open_socket(ctx.max_connections, per_ip) {
         Ok(slot) => slot,
         Err(SlotRefusal::Limit) => {
-            ctx.metrics.socket_refused(SocketRefusal::Limit);
-            return error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+            return Err(Refusal::socket(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections",
+                SocketRefusal::Limit,
+            ))
         }
         Err(SlotRefusal::PerIp) => {
-            ctx.metrics.socket_refused(SocketRefusal::PerIp);
-            return error(
+            return Err(Refusal::socket(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many connections from this address",
-            );
+                SocketRefusal::PerIp,
+            ))
         }
     };
+    Ok(Admitted {
+        accept,
+        opening: crate::session::Opening {
+            vsn,
+            slot,
+            identity,
+        },
+    })
+}
+
+/// `GET /socket/websocket` through hyper (what the direct path in
+/// `transport::upgrade` passes on): answers 101 and hands the raw TCP
+/// stream to a new session task, or answers the refusal.
+async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
+    let peer = req.extensions().get::<Peer>().map(|p| p.0);
+    let admitted = match admit(&ctx, req.uri().query(), req.headers(), peer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.answer(&ctx),
+    };
+    let Admitted { accept, opening } = admitted;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let owner = ctx.clone();
     ctx.tasks.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<crate::transport::upgrade::Prefixed>>() {
             Ok(parts) => {
-                // `read_buf` shares hyper's whole read buffer even when
-                // empty: copy out what is left and let the buffer go.
-                let prelude = parts.read_buf.to_vec();
+                // What hyper read past the head, after whatever it had not
+                // yet taken of the bytes read before it.
+                let (stream, unread) = parts.io.into_inner().into_parts();
+                let mut prelude = unread.to_vec();
+                prelude.extend_from_slice(&parts.read_buf);
                 drop(parts.read_buf);
                 // A fresh task, so the session's future carries nothing of
                 // the handshake.
-                let opening = crate::session::Opening {
-                    vsn,
-                    slot,
-                    identity,
-                };
-                owner.tasks.spawn(crate::session::run(
-                    owner.clone(),
-                    parts.io.into_inner(),
-                    prelude,
-                    opening,
-                ));
+                owner
+                    .tasks
+                    .spawn(crate::session::run(owner.clone(), stream, prelude, opening));
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }

@@ -8,6 +8,7 @@ use crate::context::Ctx;
 use crate::context::SetupError;
 use crate::http::Peer;
 use crate::metrics::SocketRefusal;
+use crate::transport::upgrade::{self, First};
 use crate::{channels, http, summary, trim, webhooks};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -181,7 +182,13 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                http.spawn(serve_http(stream, peer, router.clone(), closed.clone()));
+                http.spawn(serve_http(
+                    ctx.clone(),
+                    stream,
+                    peer,
+                    router.clone(),
+                    closed.clone(),
+                ));
             }
             Err(e) if is_out_of_files(&e) => {
                 // Out of descriptors: free the spare, take the waiting
@@ -235,11 +242,22 @@ fn is_out_of_files(e: &io::Error) -> bool {
 }
 
 async fn serve_http(
+    ctx: Arc<Ctx>,
     stream: TcpStream,
     peer: SocketAddr,
     router: axum::Router,
     closed: CancellationToken,
 ) {
+    // The common first request, a WebSocket upgrade, is answered without
+    // hyper; the rest comes back with what was read of it.
+    let first = tokio::select! {
+        first = upgrade::first_request(&ctx, stream, peer, HEADER_TIMEOUT) => first,
+        _ = closed.cancelled() => return,
+    };
+    let (stream, header_timeout) = match first {
+        First::Done => return,
+        First::Http(stream, left) => (stream, left),
+    };
     // Every request carries the client's address (per-address limits).
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(Peer(peer));
@@ -247,7 +265,7 @@ async fn serve_http(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
