@@ -3,7 +3,8 @@
 //! `cluster-node-timeout` 1000) and three headcount nodes on them, two with
 //! a seed list (`--redis redis://…,redis://…`) and one with a single URL and
 //! `?cluster=true`. Counts, occupancy, presence, the relay and webhooks
-//! across nodes; headcount nodes killed and stopped; and a Redis master
+//! across nodes; headcount nodes killed (the survivors keep their
+//! subscriptions: no gap in the relay) and stopped; and a Redis master
 //! SIGKILLed under the nodes (a replica takes over): degraded answers within
 //! a second, then exact figures, a working relay and nothing double-counted.
 //! No Redis command may cross slots: every test ends by checking the nodes'
@@ -793,9 +794,15 @@ async fn redis_cluster_killed_and_stopped_nodes_leave_the_view() {
         .add(&nodes, 0, &["rooms:w"], json!({"occupancy": true}))
         .await;
     crowd.add(&nodes, 2, &["rooms:w"], json!({})).await;
+    // The survivors' relay, watched while n3 dies.
+    let relayed = [
+        crowd.add(&nodes, 0, &["rooms:relay"], json!({})).await,
+        crowd.add(&nodes, 1, &["rooms:relay"], json!({})).await,
+    ];
     wait_exact(&nodes, &[0, 1, 2], &crowd.truth(), Duration::from_secs(1)).await;
-    // Nodes that have run for a while: a node that goes quiet may make the
-    // others subscribe afresh (at most every 3 s), which must not keep it.
+    // Nodes that have run for a while: past the 3 s after subscribing in
+    // which no partition is suspected of going quiet, so the kill below
+    // meets the check for quiet partitions fully armed.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // SIGKILL n3: no goodbye; it leaves every view by its TTL.
@@ -803,6 +810,21 @@ async fn redis_cluster_killed_and_stopped_nodes_leave_the_view() {
     let killed = Instant::now();
     crowd.forget_node(2);
     let expected = crowd.truth_without(&["n3"]);
+    // Broadcasts on n1 and n2 all along, until well after n3 has left both
+    // views, from a task of their own so the polling below keeps its pace.
+    let addrs = [nodes[0].addr, nodes[1].addr];
+    let broadcasting = tokio::spawn(async move {
+        let mut sent = BTreeSet::new();
+        while killed.elapsed() < ttl * 2 {
+            for addr in addrs {
+                let id = format!("ttl/{}", sent.len());
+                broadcast(addr, "rooms:relay", "seq", &json!({"id": id})).await;
+                sent.insert(id);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        sent
+    });
     let mut gone = [None, None];
     let mut degraded = [Duration::ZERO, Duration::ZERO];
     let mut last = Instant::now();
@@ -839,6 +861,19 @@ async fn redis_cluster_killed_and_stopped_nodes_leave_the_view() {
         // 100 ms of slack for the polling itself, on a loaded machine.
         assert!(g <= ttl + Duration::from_millis(100), "gone after {g:?}");
     }
+    // A node that died is no sign of a lost subscription: the survivors
+    // kept theirs, so every broadcast reached both subscribers once.
+    let sent = broadcasting.await.expect("the broadcasts");
+    for (node, &s) in relayed.iter().enumerate() {
+        let got = ids_once(crowd.client(s), "rooms:relay", &sent).await;
+        println!(
+            "{} relayed broadcasts from n1 and n2 at the subscriber on {}, each once",
+            got, nodes[node].node
+        );
+    }
+    for node in [0, 1] {
+        assert_kept_subscription(&nodes[node]);
+    }
     let m = crowd
         .client(watcher)
         .expect("occupancy without n3's member", |m| {
@@ -858,10 +893,59 @@ async fn redis_cluster_killed_and_stopped_nodes_leave_the_view() {
     let status = nodes[1].wait_exit(Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
     println!("n2 exited after {:?}", stopped.elapsed());
+    for node in [0, 1] {
+        assert_kept_subscription(&nodes[node]);
+    }
     let meta = format!("{PREFIX}:{{n2}}:meta");
     let topics = format!("{PREFIX}:{{n2}}:topics");
     assert_eq!(rc.cmd_for_key(&meta, &["EXISTS", &meta, &topics]), "0");
     assert_no_crossslot(&rc, &nodes);
+}
+
+/// `node` never subscribed afresh because a partition went quiet (no
+/// Redis server failed: nothing was lost).
+fn assert_kept_subscription(node: &Server) {
+    let quiet: Vec<String> = node
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("went quiet"))
+        .collect();
+    assert!(
+        quiet.is_empty(),
+        "{} subscribed afresh though no redis server failed:\n{}",
+        node.node,
+        quiet.join("\n")
+    );
+}
+
+/// Reads `c`'s pushes on `topic` until it has every id in `want` (5 s at
+/// most), then a quiet moment for late copies; asserts each came exactly
+/// once. Returns how many came.
+async fn ids_once(c: &mut Client, topic: &str, want: &BTreeSet<String>) -> usize {
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    let count = |msgs: Vec<Msg>, got: &mut BTreeMap<String, usize>| {
+        for m in msgs.iter().filter(|m| m.topic == topic) {
+            if let Some(id) = m.payload["id"].as_str() {
+                *got.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !want.iter().all(|id| got.contains_key(id)) && Instant::now() < deadline {
+        let msgs = c.collect_for(Duration::from_millis(100)).await;
+        count(msgs, &mut got);
+    }
+    let msgs = c.drain(Duration::from_millis(300)).await;
+    count(msgs, &mut got);
+    let missing: Vec<&String> = want.iter().filter(|id| !got.contains_key(*id)).collect();
+    let twice: Vec<(&String, &usize)> = got.iter().filter(|(_, n)| **n > 1).collect();
+    let foreign: Vec<&String> = got.keys().filter(|id| !want.contains(*id)).collect();
+    assert!(
+        missing.is_empty() && twice.is_empty() && foreign.is_empty(),
+        "of {} broadcasts on {topic}: missing {missing:?}, more than once {twice:?}, unexpected {foreign:?}",
+        want.len()
+    );
+    got.len()
 }
 
 /// What of headcount's keys and channels the master `master` serves.

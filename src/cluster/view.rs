@@ -50,6 +50,16 @@ struct Node {
     heard: Instant,
 }
 
+impl Node {
+    fn last_heard(&self) -> Heard {
+        Heard {
+            origin: self.origin.clone(),
+            seq: self.seq,
+            at: self.heard,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     slots: Vec<Option<Node>>,
@@ -64,6 +74,15 @@ pub struct NodeView {
     pub name: Arc<str>,
     pub totals: Totals,
     pub age_ms: u64,
+}
+
+/// What the view last heard from a node: the process and sequence number
+/// of the last delta applied, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heard {
+    pub origin: Box<str>,
+    pub seq: u64,
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -289,6 +308,26 @@ impl View {
             .collect()
     }
 
+    /// Every node not heard from within `limit`, with what was last heard.
+    pub fn silent(&self, limit: Duration, now: Instant) -> Vec<(Arc<str>, Heard)> {
+        self.read()
+            .slots
+            .iter()
+            .flatten()
+            .filter(|n| now.saturating_duration_since(n.heard) > limit)
+            .map(|n| (n.name.clone(), n.last_heard()))
+            .collect()
+    }
+
+    /// What was last heard from `node`, if it is in the view.
+    pub fn last_heard(&self, node: &str) -> Option<Heard> {
+        let inner = self.read();
+        let slot = *inner.by_name.get(node)?;
+        inner.slots[usize::from(slot)]
+            .as_ref()
+            .map(Node::last_heard)
+    }
+
     /// `topic`'s count on each remote node that has it.
     pub fn topic(&self, topic: &str) -> Vec<(Arc<str>, u64)> {
         let inner = self.read();
@@ -370,6 +409,33 @@ mod tests {
     fn sorted(mut v: Vec<Arc<str>>) -> Vec<String> {
         v.sort();
         v.into_iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn silent_nodes_come_with_what_was_last_heard() {
+        let view = View::new();
+        let start = Instant::now();
+        view.apply(&delta("a", 1, true, &[("x", 1)]), start)
+            .unwrap();
+        view.apply(&delta("b", 4, true, &[("x", 1)]), start)
+            .unwrap();
+        let later = start + Duration::from_secs(2);
+        view.apply(&delta("a", 2, false, &[("x", 2)]), later)
+            .unwrap();
+        let silent = view.silent(Duration::from_secs(1), later);
+        let b = Heard {
+            origin: "b/1".into(),
+            seq: 4,
+            at: start,
+        };
+        assert_eq!(silent, vec![(Arc::from("b"), b.clone())]);
+        assert_eq!(view.last_heard("b"), Some(b));
+        assert_eq!(
+            view.last_heard("a").map(|h| (h.seq, h.at)),
+            Some((2, later))
+        );
+        assert_eq!(view.last_heard("c"), None);
+        assert!(view.silent(Duration::from_secs(3), later).is_empty());
     }
 
     #[test]

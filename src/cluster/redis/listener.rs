@@ -4,12 +4,14 @@
 //! deltas cannot: at start, after the subscription comes back from an
 //! outage, and for a node whose sequence has a gap. While a node's snapshot
 //! is being read its deltas wait here, and those newer than the snapshot are
-//! applied after it, so nothing is applied twice or out of order.
+//! applied after it, so nothing is applied twice or out of order. On a
+//! Redis Cluster it also watches for a sharded subscription lost without a
+//! word, and makes it afresh.
 
 use super::conn::{Channels, Subscriber};
 use super::{relay, sync, wire, RedisBackend};
 use crate::cluster::keys::Carries;
-use crate::cluster::view::{Delta, Gap};
+use crate::cluster::view::{Delta, Gap, Heard};
 use crate::throttle::Throttle;
 use ::redis::{PushInfo, PushKind, Value};
 use std::collections::{HashMap, HashSet};
@@ -33,6 +35,9 @@ enum Read {
     Names(Result<Vec<String>, String>),
     /// One node's snapshot (`None`: the node is gone).
     Snapshot(String, Result<Option<sync::Snapshot>, String>),
+    /// The write a quiet node's snapshot holds (`None`: it has none), and
+    /// what had last been heard from the node when that was asked.
+    LastWrite(Arc<str>, Heard, Result<Option<sync::LastWrite>, String>),
 }
 
 struct Listener {
@@ -53,6 +58,9 @@ struct Listener {
     round: Option<HashSet<String>>,
     /// The subscription was lost; the next confirmation starts a round.
     lost: bool,
+    /// Quiet nodes whose last write was asked of Redis, and when; a node
+    /// is forgotten here once it is heard again or leaves the view.
+    asked: HashMap<Arc<str>, Instant>,
     complaints: Throttle,
 }
 
@@ -82,6 +90,7 @@ pub async fn run(
         rebuild: false,
         own_heard: Instant::now(),
         rebuilt: Instant::now(),
+        asked: HashMap::new(),
         complaints: Throttle::new(),
     };
     listener.subscribe().await;
@@ -128,28 +137,84 @@ impl Listener {
         self.start_round();
     }
 
-    /// On a Redis Cluster, whether a partition seems to have gone quiet: no
-    /// echo of this node's own deltas, or a node in the view not heard from,
-    /// for a few write periods. The client does not resubscribe a sharded
-    /// channel after a failover, so quiet means: subscribe afresh (at most
-    /// every few seconds; a node that really died also goes quiet, and
-    /// leaves the view by its TTL).
-    fn quiet(&self, now: Instant) -> bool {
-        if !self.sub.is_cluster() || !self.redis.health.is_up() {
-            return false;
+    /// Whether a partition may be suspected of having gone quiet now: on a
+    /// Redis Cluster (a single Redis resubscribes by itself), while Redis
+    /// answers, and at most every few seconds.
+    fn may_suspect(&self, now: Instant) -> bool {
+        let quiet = quiet_limit(self.redis.ttl_ms);
+        self.sub.is_cluster()
+            && self.redis.health.is_up()
+            && now.saturating_duration_since(self.rebuilt) >= quiet.max(Duration::from_secs(3))
+    }
+
+    /// On a Redis Cluster, looks for a partition that went quiet. The
+    /// client does not resubscribe a sharded channel after a failover, so
+    /// quiet means: subscribe afresh. No echo of this node's own deltas
+    /// is proof enough. A node in the view not heard from is not: it may
+    /// simply have died (it leaves the view by its TTL), and subscribing
+    /// afresh for it would cost healthy nodes degraded answers and relayed
+    /// messages. So Redis is asked which write its snapshot holds, off this
+    /// loop, and only a write that never arrived here counts.
+    fn watch_quiet(&mut self, now: Instant) {
+        if !self.may_suspect(now) {
+            return;
         }
-        let period = super::writer::refresh_period(self.redis.ttl_ms);
-        let limit = (period * 5 / 2).max(Duration::from_millis(500));
-        if now.saturating_duration_since(self.rebuilt) < limit.max(Duration::from_secs(3)) {
-            return false;
+        let limit = quiet_limit(self.redis.ttl_ms);
+        if now.saturating_duration_since(self.own_heard) > limit {
+            tracing::info!("a sharded channel went quiet: subscribing afresh");
+            self.rebuild = true;
+            return;
         }
-        now.saturating_duration_since(self.own_heard) > limit
-            || self
-                .redis
-                .view
-                .nodes(now)
-                .iter()
-                .any(|n| Duration::from_millis(n.age_ms) > limit)
+        let silent = self.redis.view.silent(limit, now);
+        self.asked
+            .retain(|node, _| silent.iter().any(|(quiet, _)| quiet == node));
+        // Asked again every write period while it stays quiet: an answer
+        // that came before the node's next write was due proves nothing,
+        // and a live node left unheard would drop out of the view for good.
+        // Never sooner than a command times out, so one question at a time.
+        let again = super::writer::refresh_period(self.redis.ttl_ms).max(super::COMMAND_TIMEOUT);
+        for (node, heard) in silent {
+            // A node whose snapshot is being read is caught up by the read.
+            if self.reading.contains_key(&*node) {
+                continue;
+            }
+            if let Some(at) = self.asked.get(&node) {
+                if now.saturating_duration_since(*at) < again {
+                    continue;
+                }
+            }
+            self.asked.insert(node.clone(), now);
+            let redis = self.redis.clone();
+            self.reads.spawn(async move {
+                let written = sync::last_write(&redis, &node).await;
+                Read::LastWrite(node, heard, written)
+            });
+        }
+    }
+
+    /// What Redis said about a quiet node.
+    fn on_last_write(
+        &mut self,
+        node: Arc<str>,
+        heard: Heard,
+        written: Result<Option<sync::LastWrite>, String>,
+    ) {
+        let written = match written {
+            Ok(written) => written,
+            Err(why) => {
+                // Asked again a write period later, if still quiet.
+                self.redis.health.down(&why);
+                return;
+            }
+        };
+        // Heard from (or gone) meanwhile: nothing was lost for it.
+        if self.redis.view.last_heard(&node).as_ref() != Some(&heard) {
+            return;
+        }
+        if self.may_suspect(Instant::now()) && wrote_unheard(&heard, written.as_ref()) {
+            tracing::info!(%node, "a sharded channel went quiet: subscribing afresh");
+            self.rebuild = true;
+        }
     }
 
     /// Reads every node's snapshot; the view is in sync when all are in.
@@ -363,6 +428,7 @@ impl Listener {
                 }
                 self.round_done();
             }
+            Read::LastWrite(node, heard, written) => self.on_last_write(node, heard, written),
             Read::Snapshot(node, Err(why)) => {
                 self.redis.health.down(&why);
                 let waiting = self.reading.remove(&node).unwrap_or_default();
@@ -416,15 +482,75 @@ impl Listener {
             self.touch(&changed);
         }
         self.census(now);
-        if self.quiet(now) {
-            tracing::info!("a sharded channel went quiet: subscribing afresh");
-            self.rebuild = true;
-        }
+        self.watch_quiet(now);
     }
+}
+
+/// How long a partition may stay silent before it counts as quiet: a few
+/// write periods.
+fn quiet_limit(ttl_ms: u64) -> Duration {
+    (super::writer::refresh_period(ttl_ms) * 5 / 2).max(Duration::from_millis(500))
+}
+
+/// Whether Redis holds a write of a quiet node that never arrived here: a
+/// later one of the process last heard, or one of another process under the
+/// node's name. A node publishes a delta right after each write, so the
+/// delta was lost on its way: the subscription (or the partition itself)
+/// failed. A node that died wrote nothing after its last delta, but for the
+/// one write it may have made just before dying without publishing it: then
+/// this is one needless resubscribe, as every dead node caused before.
+fn wrote_unheard(heard: &Heard, written: Option<&sync::LastWrite>) -> bool {
+    written.is_some_and(|w| *w.origin != *heard.origin || w.seq > heard.seq)
 }
 
 /// How often silent nodes are looked for: fine enough that one leaves the
 /// view within the TTL of its last word (it is dropped one tick early).
 fn expiry_tick(ttl: Duration) -> Duration {
     (ttl / 20).clamp(Duration::from_millis(10), Duration::from_millis(100))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heard(origin: &str, seq: u64) -> Heard {
+        Heard {
+            origin: origin.into(),
+            seq,
+            at: Instant::now(),
+        }
+    }
+
+    fn written(origin: &str, seq: u64) -> Option<sync::LastWrite> {
+        Some(sync::LastWrite {
+            origin: origin.into(),
+            seq,
+        })
+    }
+
+    #[test]
+    fn a_node_that_died_after_its_last_delta_shows_no_lost_subscription() {
+        let last = heard("b/1", 7);
+        assert!(!wrote_unheard(&last, written("b/1", 7).as_ref()));
+        // Its snapshot expired, or it left.
+        assert!(!wrote_unheard(&last, None));
+        // A snapshot behind the view (read before a delta) is no news.
+        assert!(!wrote_unheard(&last, written("b/1", 6).as_ref()));
+    }
+
+    #[test]
+    fn a_node_that_kept_writing_unheard_shows_a_lost_subscription() {
+        let last = heard("b/1", 7);
+        assert!(wrote_unheard(&last, written("b/1", 8).as_ref()));
+        assert!(wrote_unheard(&last, written("b/1", 12).as_ref()));
+        // Restarted under the same name, its full delta never arrived.
+        assert!(wrote_unheard(&last, written("b/2", 1).as_ref()));
+    }
+
+    #[test]
+    fn quiet_is_two_and_a_half_write_periods_at_least_half_a_second() {
+        assert_eq!(quiet_limit(5000), Duration::from_millis(2500));
+        assert_eq!(quiet_limit(1500), Duration::from_millis(1250));
+        assert_eq!(quiet_limit(300), Duration::from_millis(500));
+    }
 }

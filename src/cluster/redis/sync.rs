@@ -3,7 +3,9 @@
 //! when a node's sequence has a gap. A snapshot read is one pipeline on one
 //! hash slot; a node whose snapshot is gone has left (or expired). A
 //! snapshot tells how long ago it was written, so reading one of a node
-//! that died does not make it look alive.
+//! that died does not make it look alive. Which write a snapshot holds is
+//! also read alone, cheaply, to tell a node that went silent from one whose
+//! deltas stopped arriving.
 
 use super::{describe, wire, RedisBackend, COMMAND_TIMEOUT};
 use crate::cluster::keys::Keys;
@@ -31,6 +33,39 @@ pub async fn names(redis: &RedisBackend) -> Result<Vec<String>, String> {
         .map_err(|e| describe(&e))?;
     redis.health.answered();
     Ok(names)
+}
+
+/// Which write of which process a snapshot holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastWrite {
+    pub origin: String,
+    pub seq: u64,
+}
+
+/// The write `node`'s snapshot holds, or `None` when it has none (gone).
+pub async fn last_write(redis: &RedisBackend, node: &str) -> Result<Option<LastWrite>, String> {
+    let [meta_key, _, _] = Keys::snapshot(&redis.keys.prefix, node);
+    let mut cmd = ::redis::cmd("HGETALL");
+    cmd.arg(&meta_key);
+    let mut conn = redis.conn.clone();
+    redis.metrics.redis_commands.increment(1);
+    let meta: HashMap<String, String> =
+        tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
+            .map_err(|e| describe(&e))?;
+    redis.health.answered();
+    if meta.is_empty() {
+        return Ok(None);
+    }
+    // Read as `snapshot` reads them, so both agree with the view.
+    Ok(Some(LastWrite {
+        origin: meta.get("o").cloned().unwrap_or_default(),
+        seq: meta
+            .get("q")
+            .and_then(|q| q.parse::<u64>().ok())
+            .unwrap_or(0),
+    }))
 }
 
 /// `node`'s snapshot, or `None` when it has none (gone).
