@@ -434,7 +434,7 @@ pub fn unix_now() -> u64 {
 /// as it is: having no `.`, it can never verify, so it is refused as an
 /// invalid token rather than taken for a missing one.
 pub fn request_token(query: Option<&str>, headers: &axum::http::HeaderMap) -> Option<String> {
-    if let Some(t) = crate::http::query_param(query, "token") {
+    if let Some(t) = crate::query::param(query, "token") {
         if !matches!(&*t, "" | "undefined" | "null") {
             return Some(t);
         }

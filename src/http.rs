@@ -57,13 +57,6 @@ fn error(status: StatusCode, message: &str) -> Response {
     json(status, serde_json::json!({ "error": message }).to_string())
 }
 
-/// The first value of query parameter `name`, percent-decoded.
-pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 /// The client's address, put into every request by the server.
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
@@ -124,7 +117,7 @@ pub fn admit(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
 ) -> Result<Admitted, Refusal> {
-    let vsn_param = query_param(query, "vsn");
+    let vsn_param = crate::query::param(query, "vsn");
     let Some(vsn) = Vsn::from_param(vsn_param.as_deref()) else {
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
@@ -221,7 +214,7 @@ async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        match upgraded.downcast::<TokioIo<crate::transport::upgrade::Prefixed>>() {
+        match upgraded.downcast::<TokioIo<crate::transport::prefixed::Prefixed>>() {
             Ok(parts) => {
                 // What hyper read past the head, after whatever it had not
                 // yet taken of the bytes read before it.
@@ -271,7 +264,7 @@ async fn cluster_stats(State(ctx): State<Arc<Ctx>>, uri: Uri) -> Response {
 /// The presence topic a `?topic=T` query names: 400 without one, 404 when
 /// it is not a presence topic.
 fn presence_answer(ctx: &Ctx, uri: &Uri, answer: impl FnOnce(&str) -> String) -> Response {
-    match query_param(uri.query(), "topic") {
+    match crate::query::param(uri.query(), "topic") {
         None => error(StatusCode::BAD_REQUEST, "give a topic as ?topic=T"),
         Some(t) if !ctx.presence.covers(&t) => error(StatusCode::NOT_FOUND, "not a presence topic"),
         Some(t) => json(StatusCode::OK, answer(&t)),
@@ -426,16 +419,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_and_key_helpers() {
-        assert_eq!(
-            query_param(Some("token=x&vsn=2.0.0"), "vsn").as_deref(),
-            Some("2.0.0")
-        );
-        assert_eq!(
-            query_param(Some("vsn=1%2E0"), "vsn").as_deref(),
-            Some("1.0")
-        );
-        assert_eq!(query_param(Some("a=1"), "vsn"), None);
+    fn keys_are_compared_whole() {
         assert!(same_key(b"secret", b"secret"));
         assert!(!same_key(b"secre", b"secret"));
         assert!(!same_key(b"secrets", b"secret"));

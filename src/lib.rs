@@ -34,6 +34,7 @@ mod metrics;
 mod outbox;
 mod presence;
 mod protocol;
+mod query;
 mod registry;
 mod server;
 mod session;

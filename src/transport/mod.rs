@@ -6,4 +6,5 @@
 pub mod codec;
 pub mod connection;
 pub mod handshake;
+pub mod prefixed;
 pub mod upgrade;
