@@ -658,6 +658,45 @@ async fn redis_restart(held: bool) {
     assert_no_doubles(&r);
 }
 
+/// Takes an event for `topic` into the stream as the node's deliverer
+/// would, under its name, and throws the reply away — what a read that
+/// timed out on the node while Redis was stalled does when Redis runs it
+/// on waking. Atomic, so the node's own reads cannot take the event first.
+const LOSE_A_READ: &str = r#"
+local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], 'headcount')
+local name = consumers[1][2]
+redis.call('XADD', KEYS[1], '*', 'name', 'channel_occupied', 'channel', ARGV[1])
+redis.call('XREADGROUP', 'GROUP', 'headcount', name, 'COUNT', '1000', 'STREAMS', KEYS[1], '>')
+return #consumers
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_read_whose_reply_was_lost_are_delivered_when_redis_answers_again() {
+    // Found in CI: a read sent during a stall timed out here, Redis ran it
+    // on waking and handed it the event decided next; without a read-back
+    // of this node's unacknowledged events it waited a takeover (a minute).
+    let redis = Redis::start();
+    let r = Receiver::start().await;
+    let nodes = cluster(&redis, &r, 1, &[]).await;
+    // Delivered: the consumer group and the node's consumer exist.
+    let _m = markers(&nodes, &r, "lost").await;
+    let t = "rooms:lost:1";
+    let consumers = redis.cmd(&["EVAL", LOSE_A_READ, "1", "{headcount:webhooks}", t]);
+    assert_eq!(consumers, "1", "one node, one consumer");
+    // Nothing reads it back while Redis answers every read…
+    r.quiet(Duration::from_millis(300), LATENCY).await;
+    assert!(r.on(t).is_empty(), "{:?}", seq(&r.on(t)));
+    // …until a read fails: the node's reads time out after 1 s.
+    let port = redis.port;
+    tokio::task::spawn_blocking(move || Redis::cmd_on(port, &["DEBUG", "SLEEP", "2"]))
+        .await
+        .unwrap();
+    r.wait_event(LATENCY, "channel_occupied", t).await;
+    r.quiet(Duration::from_millis(300), LATENCY).await;
+    assert_eq!(r.accepted_of("channel_occupied", t).len(), 1);
+    assert_no_doubles(&r);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_sends_no_spurious_vacated_and_events_resume() {
     // Redis stops answering for 3 s, less than the 5 s node TTL.

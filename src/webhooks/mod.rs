@@ -75,6 +75,8 @@ const SETTLED: Duration = Duration::from_secs(1);
 const SCAN_BATCH: usize = 500;
 /// Decisions waiting for Redis at most (the oldest are dropped past it).
 const QUEUE_MAX: usize = 100_000;
+/// Delivered events whose acknowledgement is retried, at most.
+const UNACKED_MAX: usize = 10 * BATCH;
 /// Failed tries, while Redis answers, before a decision is dropped.
 const MAX_TRIES: u32 = 10;
 
@@ -403,19 +405,44 @@ pub async fn deliver(ctx: Arc<Ctx>, store: Arc<Store>) {
     let complaints = Throttle::new();
     let take_over_period = take_over_every(ctx.config.webhook_takeover_ms);
     let mut last_take_over: Option<Instant> = None;
+    // Whether events may be pending under this node's name unread: a read
+    // that failed here may have run in Redis all the same (it timed out
+    // while Redis was stalled), its reply lost with the events it took.
+    let mut lost_reads = false;
+    // Delivered events whose acknowledgement failed: acknowledged again
+    // before they could be read back as unacknowledged and sent twice.
+    let mut unacked: Vec<String> = Vec::new();
     loop {
         let mut batch = Vec::new();
-        if last_take_over.is_none_or(|t| t.elapsed() >= take_over_period) {
+        if !unacked.is_empty() && store.done(&unacked).await.is_ok() {
+            unacked.clear();
+        }
+        if lost_reads && unacked.is_empty() {
+            match store.unacknowledged(BATCH).await {
+                Ok(events) => {
+                    lost_reads = events.len() >= BATCH;
+                    batch = events;
+                }
+                Err(why) => complain(&complaints, &why),
+            }
+        }
+        if batch.is_empty() && last_take_over.is_none_or(|t| t.elapsed() >= take_over_period) {
             last_take_over = Some(Instant::now());
             match store.take_over(BATCH).await {
                 Ok(events) => batch = events,
-                Err(why) => complain(&complaints, &why),
+                Err(why) => {
+                    lost_reads = true;
+                    complain(&complaints, &why);
+                }
             }
         }
         if batch.is_empty() {
             match store.next(BATCH).await {
                 Ok(events) => batch = events,
-                Err(why) => complain(&complaints, &why),
+                Err(why) => {
+                    lost_reads = true;
+                    complain(&complaints, &why);
+                }
             }
         }
         metrics
@@ -425,7 +452,13 @@ pub async fn deliver(ctx: Arc<Ctx>, store: Arc<Store>) {
             tokio::time::sleep(POLL_EVERY).await;
             continue;
         }
-        send(&sender, &store, &batch, metrics).await;
+        if let Err(ids) = send(&sender, &store, &batch, metrics).await {
+            unacked.extend(ids);
+            // Bounded: past it, the oldest may be delivered again (same
+            // ids, which a receiver drops).
+            let over = unacked.len().saturating_sub(UNACKED_MAX);
+            unacked.drain(..over);
+        }
         metrics.webhook_pending.set(store.queued() as f64);
     }
 }
@@ -437,13 +470,14 @@ fn complain(complaints: &Throttle, why: &str) {
 }
 
 /// Delivers one batch: retried with backoff until it goes through or has
-/// failed for five minutes.
+/// failed for five minutes; then acknowledged. `Err`: the ids whose
+/// acknowledgement failed.
 async fn send(
     sender: &deliver::Sender,
     store: &Store,
     batch: &[Event],
     metrics: &crate::metrics::Metrics,
-) {
+) -> Result<(), Vec<String>> {
     let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
     let first = Instant::now();
     let mut tries = 0;
@@ -453,9 +487,10 @@ async fn send(
             deliver::Outcome::Delivered => {
                 deliver::count(metrics, "delivered");
                 if let Err(why) = store.done(&ids).await {
-                    tracing::warn!(error = %why, "delivered webhook events not acknowledged: they may be delivered again");
+                    tracing::warn!(error = %why, "delivered webhook events not acknowledged yet; will retry");
+                    return Err(ids);
                 }
-                return;
+                return Ok(());
             }
             deliver::Outcome::Failed(why) => {
                 deliver::count(metrics, "failed");
@@ -463,8 +498,7 @@ async fn send(
                 if first.elapsed() + pause > deliver::GIVE_UP_AFTER {
                     deliver::count(metrics, "dropped");
                     tracing::error!(error = %why, events = batch.len(), tries, "webhook batch dropped after five minutes of failures");
-                    let _ = store.done(&ids).await;
-                    return;
+                    return store.done(&ids).await.map_err(|_| ids);
                 }
                 tracing::debug!(error = %why, tries, "webhook batch failed; retrying");
                 store.keep(&ids).await;

@@ -25,7 +25,8 @@
 
 use crate::cluster::RedisAccess;
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamClaimReply, StreamPendingCountReply,
+    StreamReadOptions, StreamReadReply,
 };
 use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
@@ -495,6 +496,50 @@ impl Store {
                     .collect())
             }
         }
+    }
+
+    /// Events this node took from the stream and has not acknowledged: a
+    /// read (or takeover) whose reply was lost — it timed out here while
+    /// Redis, stalled, still held the command, and ran it on waking — left
+    /// its events pending under this node's name, where no `next` finds
+    /// them again. Read back (from the oldest) instead of waiting for
+    /// another node's takeover. Empty on a single node.
+    pub async fn unacknowledged(&self, max: usize) -> Result<Vec<Event>, String> {
+        let Store::Redis(r) = self else {
+            return Ok(Vec::new());
+        };
+        r.group().await?;
+        let mut conn = r.access.conn.clone();
+        let pending: StreamPendingCountReply = r.grouped(
+            bounded(conn.xpending_consumer_count(
+                &r.stream,
+                GROUP,
+                "-",
+                "+",
+                max,
+                &r.access.origin,
+            ))
+            .await,
+        )?;
+        if pending.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = pending.ids.into_iter().map(|p| p.id).collect();
+        // Claimed by this node again (the idle time starts over); entries
+        // deleted meanwhile leave the pending list without a reply.
+        let claimed: StreamClaimReply =
+            r.grouped(bounded(conn.xclaim(&r.stream, GROUP, &r.access.origin, 0, &ids)).await)?;
+        let (events, bad): (Vec<_>, Vec<_>) = claimed
+            .ids
+            .iter()
+            .map(|id| (id.id.clone(), event(id)))
+            .partition(|(_, e)| e.is_some());
+        if !bad.is_empty() {
+            // Not an event of ours: dropped, or it would come back forever.
+            let bad: Vec<String> = bad.into_iter().map(|(id, _)| id).collect();
+            self.done(&bad).await?;
+        }
+        Ok(events.into_iter().filter_map(|(_, e)| e).collect())
     }
 
     /// Events other nodes took and did not deliver for the takeover time
