@@ -15,17 +15,14 @@
 #   scripts/bench-cluster.sh /tmp/bench-cluster   # BIN: cargo's release build unless set
 set -euo pipefail
 OUT=${1:-/tmp/headcount-bench-cluster}
-# cargo's target directory, wherever CARGO_TARGET_DIR or a config puts it.
-BIN=${BIN:-$(cargo metadata --format-version 1 --no-deps |
-  grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)/release/headcount}
+. "$(cd "$(dirname "$0")" && pwd)/bench-common.sh"
+BIN=${BIN:-$(release_bin)}
 NODES=${NODES:-6}
 PER=${PER:-16700}
 REDIS_PORT=${REDIS_PORT:-16500}
 BASE=${BASE:-21210}   # node i listens on BASE+i, below the ephemeral range
 mkdir -p "$OUT"
 export RUST_BACKTRACE=0
-NO_LIMITS=(--max-messages-per-second 1000000 --max-messages-burst 1000000
-  --max-joins-per-second 1000000 --max-joins-burst 1000000)
 WH_PORT=${WH_PORT:-21300}   # the webhook receiver of (4)
 WH_SECRET=bench-webhook-secret
 pids=()

@@ -17,15 +17,12 @@
 set -euo pipefail
 RUNS=${1:-3}
 OUT=${2:-/tmp/headcount-floor}
-BIN=${BIN:-$(cargo metadata --format-version 1 --no-deps |
-  grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)/release/headcount}
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/bench-common.sh"
+BIN=${BIN:-$(release_bin)}
 PORT=${PORT:-21100}
 mkdir -p "$OUT"
 export RUST_BACKTRACE=0
-here=$(cd "$(dirname "$0")" && pwd)
-
-NO_LIMITS=(--max-messages-per-second 1000000 --max-messages-burst 1000000
-  --max-joins-per-second 1000000 --max-joins-burst 1000000)
 
 start() { # start NAME → sets PID
   local cmd
@@ -44,12 +41,6 @@ start() { # start NAME → sets PID
   done
   echo "$1 did not start" >&2; exit 1
 }
-stop() { kill "$PID"; wait "$PID" 2>/dev/null || true; }
-bench() { # bench NAME ARGS...
-  local name=$1; shift
-  "$BIN" bench "$@" --url 127.0.0.1:$PORT --json >"$OUT/$name.json"
-  echo "$name: done" >&2
-}
 
 servers="headcount floor${OTHER:+ other}"
 for r in $(seq "$RUNS"); do
@@ -66,13 +57,7 @@ for r in $(seq "$RUNS"); do
   python3 "$here/sendfloor.py" --live | tee "$OUT/sendfloor-live-$r.txt"
 done
 
-med() { # med GLOB JQ-EXPR → median and the runs' values
-  local vals n
-  vals=$(for f in $OUT/$1.json; do jq -r "$2" "$f"; done | sort -g | tr '\n' ' ')
-  n=$(echo "$vals" | wc -w)
-  printf '%-18s %-42s median %-10s runs: %s\n' "$1" "$2" \
-    "$(echo "$vals" | tr ' ' '\n' | grep -v '^$' | sed -n "$(((n + 1) / 2))p")" "$vals"
-}
+MED_FORMAT='%-18s %-42s median %-10s runs: %s\n'
 for s in $servers; do
   med "$s-hold-*" .open.cpu.server_us_per_unit
   med "$s-hold-*" .open.connect_join_per_s

@@ -2,13 +2,7 @@
 # Medians over the runs that scripts/bench.sh wrote: one line per figure.
 set -euo pipefail
 OUT=${1:-/tmp/headcount-bench}
-med() { # med GLOB JQ-EXPR → median (and the runs' values)
-  local vals
-  vals=$(for f in $OUT/$1.json; do jq -r "$2" "$f"; done | sort -g | tr '\n' ' ')
-  local n; n=$(echo "$vals" | wc -w)
-  local m; m=$(echo "$vals" | tr ' ' '\n' | grep -v '^$' | sed -n "$(( (n + 1) / 2 ))p")
-  printf '%-34s %-28s median %s   runs: %s\n' "$1" "$2" "$m" "$vals"
-}
+. "$(cd "$(dirname "$0")" && pwd)/bench-common.sh"
 for a in sys jem mi; do
   ls $OUT/hold18k-$a-*.json >/dev/null 2>&1 || continue
   med "hold18k-$a-*" .rss.bytes_per_socket

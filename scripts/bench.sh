@@ -15,15 +15,11 @@
 set -euo pipefail
 RUNS=${1:-3}
 OUT=${2:-/tmp/headcount-bench}
-# cargo's target directory, wherever CARGO_TARGET_DIR or a config puts it.
-BIN=${BIN:-$(cargo metadata --format-version 1 --no-deps |
-  grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)/release/headcount}
+. "$(cd "$(dirname "$0")" && pwd)/bench-common.sh"
+BIN=${BIN:-$(release_bin)}
 PORT=${PORT:-21100}   # below the ephemeral range, so client ports never take it
 mkdir -p "$OUT"
 export RUST_BACKTRACE=0
-
-NO_LIMITS=(--max-messages-per-second 1000000 --max-messages-burst 1000000
-  --max-joins-per-second 1000000 --max-joins-burst 1000000)
 
 serve() { # serve BIN → sets PID
   RUST_LOG=warn "$1" serve --bind 127.0.0.1:$PORT --node bench@127.0.0.1 \
@@ -32,12 +28,6 @@ serve() { # serve BIN → sets PID
   PID=$!
   for _ in $(seq 50); do grep -q listening "$OUT/serve.out" 2>/dev/null && return; sleep 0.1; done
   echo "server did not start" >&2; exit 1
-}
-stop() { kill "$PID"; wait "$PID" 2>/dev/null || true; }
-bench() { # bench NAME ARGS...
-  local name=$1; shift
-  "$BIN" bench "$@" --url 127.0.0.1:$PORT --json >"$OUT/$name.json"
-  echo "$name: done" >&2
 }
 
 for r in $(seq "$RUNS"); do

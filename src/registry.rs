@@ -318,27 +318,24 @@ impl Registry {
 
     /// Topics whose cluster-wide count may have changed since the last call.
     pub fn take_hooked(&self) -> Vec<Arc<str>> {
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            out.extend(lock(shard).hooked.drain());
-        }
-        out
+        self.take(|shard| &mut shard.hooked)
     }
 
     /// Topics whose count changed since the last call (cluster mode).
     pub fn take_changed(&self) -> Vec<Arc<str>> {
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            out.extend(lock(shard).changed.drain());
-        }
-        out
+        self.take(|shard| &mut shard.changed)
     }
 
     /// Watched topics that may have changed since the last call.
     pub fn take_watched(&self) -> Vec<Arc<str>> {
+        self.take(|shard| &mut shard.watched)
+    }
+
+    /// Empties one set of topics (`which`) of every shard, into one list.
+    fn take(&self, which: impl Fn(&mut Shard) -> &mut HashSet<Arc<str>>) -> Vec<Arc<str>> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            out.extend(lock(shard).watched.drain());
+            out.extend(which(&mut lock(shard)).drain());
         }
         out
     }

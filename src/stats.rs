@@ -436,19 +436,25 @@ mod tests {
     use crate::registry::{Member, Tag};
     use serde_json::Value;
 
-    #[test]
-    fn local_and_cluster_shapes_parse_back() {
-        let registry = Registry::new("a@h", 100, false);
-        let reporter = Reporter::new(registry.clone());
-        let slot = registry.try_open_socket(10, None).unwrap();
-        let member = Member {
+    /// A plain V2 member with an outbox of its own.
+    fn member() -> Member {
+        Member {
             outbox: Arc::new(Outbox::new(8, 1 << 20)),
             vsn: Vsn::V2,
             tag: Tag::Plain,
             occupancy: false,
             seen: 0,
-        };
-        let _m = registry.join("patterns:stream", slot.id(), member).unwrap();
+        }
+    }
+
+    #[test]
+    fn local_and_cluster_shapes_parse_back() {
+        let registry = Registry::new("a@h", 100, false);
+        let reporter = Reporter::new(registry.clone());
+        let slot = registry.try_open_socket(10, None).unwrap();
+        let _m = registry
+            .join("patterns:stream", slot.id(), member())
+            .unwrap();
         let all = Filter::default();
         let parsed: Value = serde_json::from_str(&reporter.local(&all)).unwrap();
         assert_eq!(parsed["connection_count"], 1);
@@ -476,14 +482,7 @@ mod tests {
         let mut held = Vec::new();
         for (topic, n) in [("rooms:a", 1), ("rooms:b", 3), ("rooms:c", 2), ("x", 5)] {
             for i in 0..n {
-                let member = Member {
-                    outbox: Arc::new(Outbox::new(8, 1 << 20)),
-                    vsn: Vsn::V2,
-                    tag: Tag::Plain,
-                    occupancy: false,
-                    seen: 0,
-                };
-                held.push(registry.join(topic, i, member).unwrap());
+                held.push(registry.join(topic, i, member()).unwrap());
             }
         }
         let answer =

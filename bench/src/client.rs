@@ -6,6 +6,7 @@
 use crate::token::Credential;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -13,6 +14,9 @@ pub const OP_TEXT: u8 = 0x1;
 pub const OP_BINARY: u8 = 0x2;
 pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
+
+/// A V2 heartbeat, as every long-held bench socket sends it.
+pub const HEARTBEAT: &str = "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]";
 
 /// Where to connect and what to ask for.
 #[derive(Clone, Debug)]
@@ -61,10 +65,11 @@ fn set_bind_no_port(socket: &TcpSocket) {
 
 /// Sets SO_LINGER 0: closing then resets the connection (no TIME_WAIT).
 pub fn set_linger_zero(stream: &TcpStream) {
-    let _ = socket2_linger(stream);
+    let _ = try_set_linger_zero(stream);
 }
 
-fn socket2_linger(stream: &TcpStream) -> io::Result<()> {
+/// As [`set_linger_zero`], saying whether it worked.
+pub fn try_set_linger_zero(stream: &TcpStream) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let l = libc::linger {
         l_onoff: 1,
@@ -218,17 +223,48 @@ impl Ws {
 
     /// The next whole frame, reading as needed. EOF is an error.
     pub async fn next(&mut self) -> io::Result<Frame<'_>> {
+        let (opcode, data) = self.next_at().await?;
+        Ok(Frame {
+            opcode,
+            data: &self.buf[data],
+        })
+    }
+
+    /// The next whole frame: its opcode, and where its payload lies in
+    /// `buf` (until the next read).
+    async fn next_at(&mut self) -> io::Result<(u8, Range<usize>)> {
         loop {
             if let Some((opcode, start, end)) = parse(&self.buf[self.at..self.end])? {
-                let (s, e) = (self.at + start, self.at + end);
+                let data = self.at + start..self.at + end;
                 self.at += end;
-                return Ok(Frame {
-                    opcode,
-                    data: &self.buf[s..e],
-                });
+                return Ok((opcode, data));
             }
             if self.fill().await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Skips frames until a text frame that has `needle` in its first
+    /// `head` bytes and that `also` accepts; returns where its payload lies
+    /// in `buf`. A close frame is an error.
+    async fn await_text(
+        &mut self,
+        needle: &[u8],
+        head: usize,
+        also: impl Fn(&[u8]) -> bool,
+    ) -> io::Result<Range<usize>> {
+        loop {
+            let (opcode, data) = self.next_at().await?;
+            match opcode {
+                OP_TEXT => {
+                    let d = &self.buf[data.clone()];
+                    if find(&d[..d.len().min(head)], needle).is_some() && also(d) {
+                        return Ok(data);
+                    }
+                }
+                OP_CLOSE => return Err(io::Error::other("closed by server")),
+                _ => {}
             }
         }
     }
@@ -266,21 +302,9 @@ impl Ws {
     /// status (an error's reason included).
     pub async fn await_status(&mut self, reference: &str) -> io::Result<Status> {
         let needle = format!(",\"{reference}\",");
-        loop {
-            let f = self.next().await?;
-            match f.opcode {
-                OP_TEXT => {
-                    let head = &f.data[..f.data.len().min(64)];
-                    if find(head, needle.as_bytes()).is_some()
-                        && find(f.data, b"\"phx_reply\"").is_some()
-                    {
-                        return Ok(Status::of(f.data));
-                    }
-                }
-                OP_CLOSE => return Err(io::Error::other("closed by server")),
-                _ => {}
-            }
-        }
+        let is_reply = |d: &[u8]| find(d, b"\"phx_reply\"").is_some();
+        let data = self.await_text(needle.as_bytes(), 64, is_reply).await?;
+        Ok(Status::of(&self.buf[data]))
     }
 
     /// Shrinks the read buffer to nothing while the socket is held idle.
@@ -310,37 +334,15 @@ impl Ws {
         f: impl FnOnce(&[u8]) -> R,
     ) -> io::Result<R> {
         let needle = format!(",\"{reference}\",");
-        loop {
-            let frame = self.next().await?;
-            match frame.opcode {
-                OP_TEXT => {
-                    let head = &frame.data[..frame.data.len().min(64)];
-                    if find(head, needle.as_bytes()).is_some() {
-                        return Ok(f(frame.data));
-                    }
-                }
-                OP_CLOSE => return Err(io::Error::other("closed by server")),
-                _ => {}
-            }
-        }
+        let data = self.await_text(needle.as_bytes(), 64, |_| true).await?;
+        Ok(f(&self.buf[data]))
     }
 
     /// Waits for a push of `event` (V2 `[.., .., topic, "event", ..]`).
     pub async fn await_event(&mut self, event: &str) -> io::Result<()> {
         let needle = format!("\",\"{event}\",");
-        loop {
-            let frame = self.next().await?;
-            match frame.opcode {
-                OP_TEXT => {
-                    let head = &frame.data[..frame.data.len().min(128)];
-                    if find(head, needle.as_bytes()).is_some() {
-                        return Ok(());
-                    }
-                }
-                OP_CLOSE => return Err(io::Error::other("closed by server")),
-                _ => {}
-            }
-        }
+        self.await_text(needle.as_bytes(), 128, |_| true).await?;
+        Ok(())
     }
 
     /// Gives the connection back as a bare stream (dropping the buffers).

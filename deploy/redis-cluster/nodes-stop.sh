@@ -6,18 +6,6 @@ set -uo pipefail
 
 DIR=${1:?usage: $0 DIR}
 [ -d "$DIR" ] || exit 0
-pids=()
-for f in "$DIR"/headcount-*.pid; do
-  [ -f "$f" ] || continue
-  pid=$(cat "$f" 2>/dev/null) || continue
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-    grep -q headcount "/proc/$pid/cmdline" 2>/dev/null; then
-    kill "$pid" 2>/dev/null && pids+=("$pid")
-  fi
-  rm -f "$f"
-done
-for pid in "${pids[@]}"; do
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-done
-echo "stopped ${#pids[@]} headcount node(s) from $DIR"
+. "$(cd "$(dirname "$0")" && pwd)/stop-pidfiles.sh"
+stop_pidfiles headcount 100 "$DIR"/headcount-*.pid
+echo "stopped $STOPPED headcount node(s) from $DIR"

@@ -12,21 +12,10 @@ DIR=${1:?usage: $0 DIR [--purge]}
 PURGE=${2:-}
 [ -d "$DIR" ] || exit 0
 
-pids=()
-for f in "$DIR"/*/redis.pid; do
-  [ -f "$f" ] || continue
-  pid=$(cat "$f" 2>/dev/null) || continue
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-    grep -q redis-server "/proc/$pid/cmdline" 2>/dev/null; then
-    kill "$pid" 2>/dev/null && pids+=("$pid") # SIGTERM; nothing is saved
-  fi
-  rm -f "$f"
-done
-for pid in "${pids[@]}"; do
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-done
+. "$(cd "$(dirname "$0")" && pwd)/stop-pidfiles.sh"
+# SIGTERM: the servers save nothing.
+stop_pidfiles redis-server 50 "$DIR"/*/redis.pid
 if [ "$PURGE" = "--purge" ]; then
   rm -rf "${DIR:?}"
 fi
-echo "stopped ${#pids[@]} redis server(s) from $DIR"
+echo "stopped $STOPPED redis server(s) from $DIR"

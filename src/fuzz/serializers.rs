@@ -162,20 +162,12 @@ fn expected(vsn: Vsn, text: &str) -> Result<Fields, Fields> {
                 payload: one("payload").map(raw),
             };
             let join_ref_ok = join_ref.is_none_or(is_ref);
-            if join_ref_ok
+            let whole = join_ref_ok
                 && fields.reference.is_some()
                 && fields.topic.is_some()
                 && fields.event.is_some()
-                && fields.payload.is_some()
-            {
-                Ok(fields)
-            } else {
-                Err(Fields {
-                    event: None,
-                    payload: None,
-                    ..fields
-                })
-            }
+                && fields.payload.is_some();
+            decoded_if(whole, fields)
         }
         Vsn::V2 => {
             if first_char(text) != Some('[') {
@@ -191,21 +183,27 @@ fn expected(vsn: Vsn, text: &str) -> Result<Fields, Fields> {
                 event: items.get(3).and_then(|r| string(r)),
                 payload: items.get(4).map(|r| raw(r)),
             };
-            if items.len() == 5
+            let whole = items.len() == 5
                 && fields.join_ref.is_some()
                 && fields.reference.is_some()
                 && fields.topic.is_some()
-                && fields.event.is_some()
-            {
-                Ok(fields)
-            } else {
-                Err(Fields {
-                    event: None,
-                    payload: None,
-                    ..fields
-                })
-            }
+                && fields.event.is_some();
+            decoded_if(whole, fields)
         }
+    }
+}
+
+/// A whole frame decodes to its fields; any other is malformed, keeping
+/// only what a `Malformed` carries (join_ref, ref, topic).
+fn decoded_if(whole: bool, fields: Fields) -> Result<Fields, Fields> {
+    if whole {
+        Ok(fields)
+    } else {
+        Err(Fields {
+            event: None,
+            payload: None,
+            ..fields
+        })
     }
 }
 

@@ -6,7 +6,7 @@
 //! Used by `bench presence` (churners) and `bench webhooks` (the sockets
 //! that occupy and vacate topics).
 
-use crate::client::{find, Status, Ws, OP_CLOSE, OP_TEXT};
+use crate::client::{find, Status, Ws, HEARTBEAT, OP_CLOSE, OP_TEXT};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-const HEARTBEAT: &str = "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]";
 /// A request with no reply this long ends the actor.
 const REPLY_WITHIN: Duration = Duration::from_secs(10);
 /// The `id` of the answer an actor sends when its socket fails with no

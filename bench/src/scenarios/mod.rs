@@ -7,9 +7,11 @@
 
 mod actor;
 mod churn;
+mod churning;
 mod cluster;
 mod fanout;
 mod hold;
+mod listen;
 mod measure;
 mod occupancy;
 mod pool;

@@ -3,10 +3,8 @@
 
 use super::open::{open_many, topic};
 use super::{Command, Event, Link, Outcome, WorkerSpec};
-use crate::client::{self, OP_CLOSE, OP_TEXT};
+use crate::client::{self, HEARTBEAT, OP_CLOSE, OP_TEXT};
 use std::time::Duration;
-
-const HEARTBEAT: &str = "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]";
 
 pub(super) async fn run(spec: &WorkerSpec, link: &mut Link) -> Result<Outcome, String> {
     let k = spec.topics.max(1);

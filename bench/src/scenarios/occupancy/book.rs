@@ -8,7 +8,7 @@
 //! back. Its latency is the time from that reply to the first `occupancy`
 //! push of T received *on another node* (by an observer: one watcher per
 //! topic and node) whose `connections` is that count. A change no push
-//! reflects within [`WINDOW`] of its reply is lost.
+//! reflects within [`churning::WINDOW`] of its reply is lost.
 //!
 //! At most one change per topic is in flight, so "reflects" is exact: with
 //! a single change pending, the topic's count can only be the new figure
@@ -16,15 +16,13 @@
 //! show counts that are neither the old nor the new figure.) A push can
 //! arrive before its reply does; that change counts with latency 0.
 
+use super::super::churning::{Flights, InFlight};
 use crate::hist::Hist;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
-
-/// A change not reflected this long after its reply is lost.
-pub(super) const WINDOW: Duration = Duration::from_secs(5);
+use std::time::Instant;
 
 /// One change in flight.
-struct Pending {
+pub(super) struct Pending {
     /// Where it was made: pushes there do not count.
     node: usize,
     /// The topic's count once it has happened.
@@ -35,21 +33,28 @@ struct Pending {
     seen: Option<Instant>,
 }
 
+/// One change, one push to see it.
+impl InFlight for Pending {
+    fn times(&self) -> (Instant, Option<Instant>, u64) {
+        (self.sent, self.reply, 1)
+    }
+}
+
 pub(super) struct Book {
     expected: Vec<u64>,
     nodes: usize,
-    pending: HashMap<usize, Pending>,
+    /// The changes in flight, by topic (expired by the churn phase: lost
+    /// when they were answered, unanswered when not; their topics are then
+    /// free again).
+    pub(super) flights: Flights<usize, Pending>,
     /// The last `connections` pushed to each observer (topic, node).
     last: HashMap<(usize, usize), u64>,
     observers: Vec<(usize, usize)>,
     pub(super) latency: Hist,
     /// Changes whose push came before their reply (latency 0).
     pub(super) before_reply: u64,
-    pub(super) lost: u64,
     /// Requests that got an error reply (nothing changed).
     pub(super) refused: u64,
-    /// Requests with no reply within the window.
-    pub(super) unanswered: u64,
     /// Members that went away on their own (each an untracked change).
     pub(super) members_gone: u64,
 }
@@ -59,14 +64,12 @@ impl Book {
         Book {
             expected: vec![0; topics],
             nodes: nodes.max(1),
-            pending: HashMap::new(),
+            flights: Flights::default(),
             last: HashMap::new(),
             observers: Vec::new(),
             latency: Hist::default(),
             before_reply: 0,
-            lost: 0,
             refused: 0,
-            unanswered: 0,
             members_gone: 0,
         }
     }
@@ -86,17 +89,13 @@ impl Book {
     pub(super) fn member_gone(&mut self, topic: usize) {
         self.expected[topic] = self.expected[topic].saturating_sub(1);
         self.members_gone += 1;
-        if let Some(p) = self.pending.get_mut(&topic) {
+        if let Some(p) = self.flights.pending.get_mut(&topic) {
             p.expect = p.expect.saturating_sub(1);
         }
     }
 
     pub(super) fn is_pending(&self, topic: usize) -> bool {
-        self.pending.contains_key(&topic)
-    }
-
-    pub(super) fn pending(&self) -> usize {
-        self.pending.len()
+        self.flights.pending.contains_key(&topic)
     }
 
     #[cfg(test)]
@@ -107,7 +106,7 @@ impl Book {
     /// A join (or a leave) of `topic` on `node` is sent. False, and
     /// nothing is begun, while another change of the topic is in flight.
     pub(super) fn begin(&mut self, topic: usize, node: usize, join: bool, now: Instant) -> bool {
-        if self.pending.contains_key(&topic) {
+        if self.flights.pending.contains_key(&topic) {
             return false;
         }
         let now_count = self.expected[topic];
@@ -116,7 +115,7 @@ impl Book {
         } else {
             now_count.saturating_sub(1)
         };
-        self.pending.insert(
+        self.flights.pending.insert(
             topic,
             Pending {
                 node,
@@ -131,11 +130,11 @@ impl Book {
 
     /// The change's reply: ok (it took effect) or an error (nothing changed).
     pub(super) fn reply(&mut self, topic: usize, ok: bool, at: Instant) {
-        let Some(p) = self.pending.get_mut(&topic) else {
+        let Some(p) = self.flights.pending.get_mut(&topic) else {
             return;
         };
         if !ok {
-            self.pending.remove(&topic);
+            self.flights.pending.remove(&topic);
             self.refused += 1;
             return;
         }
@@ -149,7 +148,7 @@ impl Book {
     /// Forgets the change in flight on `topic` (its request never went out,
     /// or its socket failed before an answer).
     pub(super) fn cancel(&mut self, topic: usize) {
-        self.pending.remove(&topic);
+        self.flights.pending.remove(&topic);
     }
 
     /// An `occupancy` push of `topic` to its observer on `node`, saying
@@ -157,7 +156,7 @@ impl Book {
     pub(super) fn push(&mut self, topic: usize, node: usize, count: u64, at: Instant) {
         self.last.insert((topic, node), count);
         let nodes = self.nodes;
-        let Some(p) = self.pending.get_mut(&topic) else {
+        let Some(p) = self.flights.pending.get_mut(&topic) else {
             return;
         };
         if (p.node == node && nodes > 1) || count != p.expect {
@@ -170,40 +169,12 @@ impl Book {
     }
 
     fn resolve(&mut self, topic: usize, pushed: Instant, reply: Instant) {
-        self.pending.remove(&topic);
+        self.flights.pending.remove(&topic);
         if pushed < reply {
             self.before_reply += 1;
         }
         self.latency
             .record(pushed.saturating_duration_since(reply).as_micros() as u64);
-    }
-
-    /// Changes past the window: lost when they were answered, unanswered
-    /// when not. Their topics are free again.
-    pub(super) fn expire(&mut self, now: Instant) {
-        let (lost, unanswered) = (&mut self.lost, &mut self.unanswered);
-        self.pending.retain(|_, p| match p.reply {
-            Some(r) if now.saturating_duration_since(r) > WINDOW => {
-                *lost += 1;
-                false
-            }
-            None if now.saturating_duration_since(p.sent) > WINDOW * 2 => {
-                *unanswered += 1;
-                false
-            }
-            _ => true,
-        });
-    }
-
-    /// The end: whatever is still in flight is lost (or unanswered).
-    pub(super) fn abandon_all(&mut self) {
-        for (_, p) in self.pending.drain() {
-            if p.reply.is_some() {
-                self.lost += 1;
-            } else {
-                self.unanswered += 1;
-            }
-        }
     }
 
     /// Observers whose last push does not show their topic's count now,
@@ -221,6 +192,8 @@ impl Book {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenarios::churning::Window;
+    use std::time::Duration;
 
     fn ms(t0: Instant, n: u64) -> Instant {
         t0 + Duration::from_millis(n)
@@ -268,7 +241,7 @@ mod tests {
         assert_eq!(b.latency.count(), 2);
         assert_eq!(b.latency.max(), 40_000);
         assert_eq!(b.stale_observers(), (0, 2));
-        assert_eq!((b.lost, b.before_reply, b.refused), (0, 0, 0));
+        assert_eq!((b.flights.lost, b.before_reply, b.refused), (0, 0, 0));
     }
 
     #[test]
@@ -296,19 +269,22 @@ mod tests {
         assert_eq!((b.refused, b.expected(0)), (1, 2));
         b.begin(0, 0, true, t0);
         b.reply(0, true, ms(t0, 1));
-        b.expire(ms(t0, 5000));
+        b.flights.expire(ms(t0, 5000));
         assert!(b.is_pending(0), "5 s is not yet past the window");
-        b.expire(ms(t0, 5002));
-        assert_eq!(b.lost, 1);
+        b.flights.expire(ms(t0, 5002));
+        assert_eq!(b.flights.lost, 1);
         assert!(!b.is_pending(0));
         b.begin(1, 0, true, t0);
-        b.expire(ms(t0, 10_001));
-        assert_eq!(b.unanswered, 1);
+        b.flights.expire(ms(t0, 10_001));
+        assert_eq!(b.flights.unanswered, 1);
         b.begin(1, 0, true, t0);
         b.begin(0, 0, false, t0);
         b.reply(0, true, ms(t0, 1));
-        b.abandon_all();
-        assert_eq!((b.lost, b.unanswered, b.pending()), (2, 2, 0));
+        b.flights.abandon_all();
+        assert_eq!(
+            (b.flights.lost, b.flights.unanswered, b.flights.len()),
+            (2, 2, 0)
+        );
         assert_eq!(b.latency.count(), 0);
     }
 

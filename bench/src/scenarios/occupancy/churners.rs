@@ -4,13 +4,11 @@
 //! back to the coordinator with the time its reply was read, which is
 //! where a change's push latency starts.
 
-use crate::client::{Status, Ws};
+use crate::client::{Status, Ws, HEARTBEAT};
 use crate::Endpoint;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-
-const HEARTBEAT: &str = "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]";
 
 /// What the coordinator asks of a churner.
 pub(super) enum Order {

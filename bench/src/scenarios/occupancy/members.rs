@@ -6,7 +6,8 @@
 //! pair's observer and reports every push it gets, with the time it was
 //! read, to the coordinator.
 
-use crate::client::{self, Ws, OP_CLOSE, OP_TEXT};
+use super::super::listen::{listen, End, Listener};
+use crate::client::{self, Ws, OP_TEXT};
 use crate::hist::Hist;
 use crate::worker::open_joined_with;
 use crate::{source_addrs, BenchArgs, Endpoint};
@@ -20,7 +21,6 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 const OCCUPANCY_JOIN: &str = "{\"occupancy\":true}";
-const HEARTBEAT: &str = "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]";
 
 /// One joined watcher.
 pub(super) struct Member {
@@ -130,10 +130,45 @@ pub(super) fn occupancy_count(data: &[u8]) -> Option<u64> {
     client::number_after(data, b"\"connections\":")
 }
 
-enum Step {
-    Read(bool),
-    Beat,
-    Stop,
+/// What one watcher does with its pushes: counts them all, and (the
+/// observer of its topic and node) reports each one's count.
+struct Watcher {
+    topic: usize,
+    node: usize,
+    observer: bool,
+    seen: mpsc::UnboundedSender<Seen>,
+    pushes: Arc<AtomicU64>,
+    /// The counts of the pushes read in this batch.
+    counts: Vec<u64>,
+}
+
+impl Listener for Watcher {
+    fn frame(&mut self, op: u8, data: &[u8]) {
+        if op == OP_TEXT {
+            if let Some(c) = occupancy_count(data) {
+                self.counts.push(c);
+            }
+        }
+    }
+
+    fn batch(&mut self) {
+        if !self.counts.is_empty() {
+            let at = Instant::now();
+            self.pushes
+                .fetch_add(self.counts.len() as u64, Ordering::Relaxed);
+            if self.observer {
+                for count in self.counts.drain(..) {
+                    let _ = self.seen.send(Seen::Push {
+                        topic: self.topic,
+                        node: self.node,
+                        count,
+                        at,
+                    });
+                }
+            }
+            self.counts.clear();
+        }
+    }
 }
 
 /// One watcher until told to stop or closed.
@@ -145,70 +180,16 @@ async fn watch(
     mut stop: watch::Receiver<bool>,
     heartbeat: Duration,
 ) {
-    let mut beat = tokio::time::interval(heartbeat);
-    beat.tick().await;
-    let mut counts: Vec<u64> = Vec::new();
-    let mut closed = false;
-    let scan = |op: u8, data: &[u8], counts: &mut Vec<u64>, closed: &mut bool| match op {
-        OP_CLOSE => *closed = true,
-        OP_TEXT => {
-            if let Some(c) = occupancy_count(data) {
-                counts.push(c);
-            }
-        }
-        _ => {}
+    let mut w = Watcher {
+        topic: m.topic,
+        node: m.node,
+        observer,
+        seen,
+        pushes,
+        counts: Vec::new(),
     };
-    // Pushes read along with the join reply.
-    let mut step = match m
-        .ws
-        .drain_buffered(&mut |op, d| scan(op, d, &mut counts, &mut closed))
-    {
-        Ok(()) => Step::Read(true),
-        Err(_) => Step::Read(false),
-    };
-    loop {
-        let at = Instant::now();
-        if !counts.is_empty() {
-            pushes.fetch_add(counts.len() as u64, Ordering::Relaxed);
-            if observer {
-                for count in counts.drain(..) {
-                    let _ = seen.send(Seen::Push {
-                        topic: m.topic,
-                        node: m.node,
-                        count,
-                        at,
-                    });
-                }
-            }
-            counts.clear();
-        }
-        match step {
-            Step::Read(true) if !closed => {}
-            Step::Read(_) => {
-                if !*stop.borrow() {
-                    let _ = seen.send(Seen::Gone { topic: m.topic });
-                }
-                return;
-            }
-            Step::Beat => {
-                if m.ws.send_text(HEARTBEAT).await.is_err() {
-                    let _ = seen.send(Seen::Gone { topic: m.topic });
-                    return;
-                }
-            }
-            Step::Stop => {
-                let _ = m.ws.send_close().await;
-                return;
-            }
-        }
-        step = {
-            let mut on = |op: u8, d: &[u8]| scan(op, d, &mut counts, &mut closed);
-            tokio::select! {
-                r = m.ws.read_batch(&mut on) => Step::Read(r.unwrap_or(false)),
-                _ = beat.tick() => Step::Beat,
-                _ = stop.changed() => Step::Stop,
-            }
-        };
+    if listen(&mut m.ws, &mut w, heartbeat, &mut stop, None).await == End::Gone {
+        let _ = w.seen.send(Seen::Gone { topic: m.topic });
     }
 }
 

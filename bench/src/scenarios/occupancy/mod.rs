@@ -22,10 +22,11 @@ mod commands;
 mod members;
 mod schedule;
 
+use super::churning::{Coordinator, Phase};
 use super::failed;
 use super::report::{lat_line, round3};
 use crate::{BenchArgs, BenchError, Endpoint};
-use book::{Book, WINDOW};
+use book::Book;
 use schedule::Churn;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -123,7 +124,7 @@ pub(super) async fn run(
         DEFAULT_RATE
     };
     let churner_count = ((rate / PER_CHURNER).ceil() as usize).clamp(nodes, 1000);
-    let (answer_tx, mut answer_rx) = mpsc::unbounded_channel();
+    let (answer_tx, answer_rx) = mpsc::unbounded_channel();
     let churners = churners::open(eps, churner_count, &answer_tx, heartbeat, &mut tasks)
         .await
         .map_err(failed)?;
@@ -146,19 +147,8 @@ pub(super) async fn run(
     let pushes_before = pushes.load(Ordering::Relaxed);
     let start = Instant::now();
     let asking = (queries > 0).then(|| tokio::spawn(asking::run(askers, queries, ask_stop_rx)));
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut expire = tokio::time::interval(Duration::from_millis(100));
-    let end = start + Duration::from_secs_f64(args.duration);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(end.into()) => break,
-            _ = tick.tick() => { churn.tick(Instant::now()); }
-            Some(s) = seen_rx.recv() => churn.seen(s),
-            Some(a) = answer_rx.recv() => churn.answer(a),
-            _ = expire.tick() => churn.book.expire(Instant::now()),
-        }
-    }
+    let mut phase = Phase::new(seen_rx, answer_rx);
+    phase.churn(&mut churn, start, rate, args.duration).await;
     let churn_s = start.elapsed().as_secs_f64();
     let pushes_during = pushes.load(Ordering::Relaxed) - pushes_before;
     let after = commands::snapshot(eps, redis).await;
@@ -169,19 +159,11 @@ pub(super) async fn run(
     };
 
     // 3. Drain, then the quiet check.
-    let drain_end = Instant::now() + WINDOW + Duration::from_secs(1);
-    while churn.book.pending() > 0 && Instant::now() < drain_end {
-        tokio::select! {
-            _ = tokio::time::sleep_until(drain_end.into()) => break,
-            Some(s) = seen_rx.recv() => churn.seen(s),
-            Some(a) = answer_rx.recv() => churn.answer(a),
-            _ = expire.tick() => churn.book.expire(Instant::now()),
-        }
-    }
-    churn.book.abandon_all();
+    phase.drain(&mut churn).await;
     let quiet_end = Instant::now() + QUIET;
     while churn.book.stale_observers().0 > 0 && Instant::now() < quiet_end {
-        if let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(100), seen_rx.recv()).await
+        if let Ok(Some(s)) =
+            tokio::time::timeout(Duration::from_millis(100), phase.seen.recv()).await
         {
             churn.seen(s);
         }
@@ -221,8 +203,8 @@ pub(super) async fn run(
         },
         "push_latency": b.latency.summary(),
         "pushed_before_reply": b.before_reply,
-        "lost": b.lost,
-        "unanswered": b.unanswered,
+        "lost": b.flights.lost,
+        "unanswered": b.flights.unanswered,
         "watchers_gone": b.members_gone,
         "pushes": {
             "received": pushes_during,

@@ -4,30 +4,14 @@
 //! observer on another node; answers and pushes go to the [`Book`]. A tick
 //! with no free churner or topic is counted as skipped.
 
+use super::super::churning::{Coordinator, Rota, Tally, Window};
 use super::book::Book;
 use super::churners::{Answer, Churner, Order};
 use super::members::Seen;
 use crate::client::Status;
 use crate::rng::Rng;
-use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Instant;
-
-/// What the churn phase did.
-#[derive(Default, Serialize)]
-pub(super) struct Tally {
-    pub(super) joins_sent: u64,
-    pub(super) leaves_sent: u64,
-    pub(super) joins_ok: u64,
-    pub(super) leaves_ok: u64,
-    /// Error replies `rate limited` (SPEC §8.4), and the other refusals.
-    pub(super) rate_limited: u64,
-    pub(super) refused: BTreeMap<String, u64>,
-    /// Churners whose socket failed, by error.
-    pub(super) churner_errors: BTreeMap<String, u64>,
-    /// Ticks with no free churner or no free topic.
-    pub(super) skipped: u64,
-}
 
 pub(super) struct Churn {
     pub(super) book: Book,
@@ -37,7 +21,7 @@ pub(super) struct Churn {
     nodes: usize,
     prefix: String,
     rng: Rng,
-    next: usize,
+    rota: Rota,
     pub(super) tally: Tally,
 }
 
@@ -56,12 +40,12 @@ impl Churn {
         }
         Churn {
             book,
+            rota: Rota::new(churners.len()),
             churners,
             observed,
             nodes,
             prefix: prefix.to_string(),
             rng: Rng::new(0x0cc0_u64 ^ topics as u64),
-            next: 0,
             tally: Tally::default(),
         }
     }
@@ -79,74 +63,57 @@ impl Churn {
         }
         None
     }
+}
 
-    /// One tick: starts one change if it can; false when it was skipped.
-    pub(super) fn tick(&mut self, now: Instant) -> bool {
-        let count = self.churners.len();
-        for _ in 0..count {
-            let c = self.next;
-            self.next = (c + 1) % count;
-            if self.churners[c].busy || self.churners[c].dead {
-                continue;
-            }
-            let node = self.churners[c].node;
-            let (topic, order) = match self.churners[c].holds {
-                Some(t) if self.book.is_pending(t) => continue,
-                Some(t) => (t, Order::Leave),
-                None => match self.free_topic(node) {
-                    Some(t) => (
-                        t,
-                        Order::Join {
-                            topic: t,
-                            name: format!("{}{t}", self.prefix),
-                        },
-                    ),
-                    None => continue,
-                },
-            };
-            let join = matches!(order, Order::Join { .. });
-            if !self.book.begin(topic, node, join, now) {
-                continue;
-            }
-            if self.churners[c].orders.send(order).is_err() {
-                self.book.cancel(topic);
-                self.churners[c].dead = true;
-                continue;
-            }
-            self.churners[c].busy = true;
-            if join {
-                self.tally.joins_sent += 1;
-            } else {
-                self.tally.leaves_sent += 1;
-            }
-            return true;
+impl Coordinator for Churn {
+    type Seen = Seen;
+    type Answer = Answer;
+
+    /// A free churner leaves the topic it holds, or joins a free topic.
+    fn start(&mut self, c: usize, now: Instant) -> Option<bool> {
+        if self.churners[c].busy || self.churners[c].dead {
+            return None;
         }
-        self.tally.skipped += 1;
-        false
+        let node = self.churners[c].node;
+        let (topic, order) = match self.churners[c].holds {
+            Some(t) if self.book.is_pending(t) => return None,
+            Some(t) => (t, Order::Leave),
+            None => match self.free_topic(node) {
+                Some(t) => (
+                    t,
+                    Order::Join {
+                        topic: t,
+                        name: format!("{}{t}", self.prefix),
+                    },
+                ),
+                None => return None,
+            },
+        };
+        let join = matches!(order, Order::Join { .. });
+        if !self.book.begin(topic, node, join, now) {
+            return None;
+        }
+        if self.churners[c].orders.send(order).is_err() {
+            self.book.cancel(topic);
+            self.churners[c].dead = true;
+            return None;
+        }
+        self.churners[c].busy = true;
+        Some(join)
     }
 
-    /// A churner's answer.
-    pub(super) fn answer(&mut self, a: Answer) {
+    fn answer(&mut self, a: Answer) {
         let ch = &mut self.churners[a.churner];
         ch.busy = false;
         match a.status {
             Ok(Status::Ok) => {
                 self.book.reply(a.topic, true, a.at);
-                if a.join {
-                    ch.holds = Some(a.topic);
-                    self.tally.joins_ok += 1;
-                } else {
-                    ch.holds = None;
-                    self.tally.leaves_ok += 1;
-                }
+                ch.holds = a.join.then_some(a.topic);
+                self.tally.ok(a.join);
             }
             Ok(status) => {
                 self.book.reply(a.topic, false, a.at);
-                if status.is_rate_limited() {
-                    self.tally.rate_limited += 1;
-                } else if let Status::Error(reason) = status {
-                    *self.tally.refused.entry(reason).or_default() += 1;
-                }
+                self.tally.refused(status);
                 if a.join {
                     ch.holds = None;
                 }
@@ -163,17 +130,12 @@ impl Churn {
         }
     }
 
-    /// A watcher's report.
-    pub(super) fn seen(&mut self, s: Seen) {
-        match s {
-            Seen::Push {
-                topic,
-                node,
-                count,
-                at,
-            } => self.book.push(topic, node, count, at),
-            Seen::Gone { topic } => self.book.member_gone(topic),
-        }
+    fn seen(&mut self, s: Seen) {
+        super::apply_seen(&mut self.book, s);
+    }
+
+    fn parts(&mut self) -> (&mut Rota, &mut Tally, &mut dyn Window) {
+        (&mut self.rota, &mut self.tally, &mut self.book.flights)
     }
 }
 

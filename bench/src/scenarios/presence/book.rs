@@ -9,16 +9,14 @@
 //! one node), its latency is the time from that reply to the first
 //! `presence_diff` read by the node's observer that has the key in `joins`
 //! (a join) or `leaves` (a leave). A diff read before the reply counts 0.
-//! A (change, node) pair not seen within [`WINDOW`] of the reply is lost.
+//! A (change, node) pair not seen within [`churning::WINDOW`] of the reply
+//! is lost.
 
+use super::super::churning::{Flights, InFlight};
 use crate::hist::Hist;
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// A change not seen this long after its reply is lost (on that node).
-pub(super) const WINDOW: Duration = Duration::from_secs(5);
-
-struct Pending {
+pub(super) struct Pending {
     sent: Instant,
     reply: Option<Instant>,
     /// Watched nodes that have not seen it yet.
@@ -27,20 +25,27 @@ struct Pending {
     early: Vec<(usize, Instant)>,
 }
 
+/// Each watched node that has not seen it is a lost pair.
+impl InFlight for Pending {
+    fn times(&self) -> (Instant, Option<Instant>, u64) {
+        (self.sent, self.reply, self.waiting.len() as u64)
+    }
+}
+
 pub(super) struct Book {
     watched: Vec<usize>,
-    pending: HashMap<(String, bool), Pending>,
+    /// The changes in flight, by key and join or leave (expired by the
+    /// churn phase: pairs past the window are lost; requests unanswered
+    /// for twice the window are dropped).
+    pub(super) flights: Flights<(String, bool), Pending>,
     pub(super) joins: Hist,
     pub(super) leaves: Hist,
     /// (change, node) pairs seen before the change's reply (latency 0).
     pub(super) before_reply: u64,
-    /// (change, node) pairs not seen within the window.
-    pub(super) lost: u64,
     /// Changes with an ok reply (each watched on every watched node).
     pub(super) changes: u64,
-    /// Requests refused (nothing changed) and requests never answered.
+    /// Requests refused (nothing changed).
     pub(super) refused: u64,
-    pub(super) unanswered: u64,
 }
 
 impl Book {
@@ -48,14 +53,12 @@ impl Book {
     pub(super) fn new(watched: Vec<usize>) -> Book {
         Book {
             watched,
-            pending: HashMap::new(),
+            flights: Flights::default(),
             joins: Hist::default(),
             leaves: Hist::default(),
             before_reply: 0,
-            lost: 0,
             changes: 0,
             refused: 0,
-            unanswered: 0,
         }
     }
 
@@ -63,13 +66,9 @@ impl Book {
         &self.watched
     }
 
-    pub(super) fn pending(&self) -> usize {
-        self.pending.len()
-    }
-
     /// The join (or leave) of `key` is sent.
     pub(super) fn begin(&mut self, key: &str, join: bool, now: Instant) {
-        self.pending.insert(
+        self.flights.pending.insert(
             (key.to_string(), join),
             Pending {
                 sent: now,
@@ -84,12 +83,12 @@ impl Book {
     pub(super) fn reply(&mut self, key: &str, join: bool, ok: bool, at: Instant) {
         let k = (key.to_string(), join);
         if !ok {
-            if self.pending.remove(&k).is_some() {
+            if self.flights.pending.remove(&k).is_some() {
                 self.refused += 1;
             }
             return;
         }
-        let Some(p) = self.pending.get_mut(&k) else {
+        let Some(p) = self.flights.pending.get_mut(&k) else {
             return;
         };
         self.changes += 1;
@@ -100,13 +99,13 @@ impl Book {
             hist(&mut self.joins, &mut self.leaves, join).record(0);
         }
         if p.waiting.is_empty() {
-            self.pending.remove(&k);
+            self.flights.pending.remove(&k);
         }
     }
 
     /// Forgets a change whose request failed with its socket.
     pub(super) fn cancel(&mut self, key: &str, join: bool) {
-        self.pending.remove(&(key.to_string(), join));
+        self.flights.pending.remove(&(key.to_string(), join));
     }
 
     /// An observer on `node` read, at `at`, a diff with these churners' keys.
@@ -114,7 +113,7 @@ impl Book {
         for (keys, join) in [(joins, true), (leaves, false)] {
             for key in keys {
                 let k = (key.clone(), join);
-                let Some(p) = self.pending.get_mut(&k) else {
+                let Some(p) = self.flights.pending.get_mut(&k) else {
                     continue;
                 };
                 if !p.waiting.contains(&node) || p.early.iter().any(|(n, _)| *n == node) {
@@ -126,39 +125,11 @@ impl Book {
                         let us = at.saturating_duration_since(reply).as_micros() as u64;
                         hist(&mut self.joins, &mut self.leaves, join).record(us);
                         if p.waiting.is_empty() {
-                            self.pending.remove(&k);
+                            self.flights.pending.remove(&k);
                         }
                     }
                     None => p.early.push((node, at)),
                 }
-            }
-        }
-    }
-
-    /// Pairs past the window are lost; requests unanswered for twice the
-    /// window are dropped.
-    pub(super) fn expire(&mut self, now: Instant) {
-        let (lost, unanswered) = (&mut self.lost, &mut self.unanswered);
-        self.pending.retain(|_, p| match p.reply {
-            Some(r) if now.saturating_duration_since(r) > WINDOW => {
-                *lost += p.waiting.len() as u64;
-                false
-            }
-            None if now.saturating_duration_since(p.sent) > WINDOW * 2 => {
-                *unanswered += 1;
-                false
-            }
-            _ => true,
-        });
-    }
-
-    /// The end: whatever is still in flight is lost (or unanswered).
-    pub(super) fn abandon_all(&mut self) {
-        for (_, p) in self.pending.drain() {
-            if p.reply.is_some() {
-                self.lost += p.waiting.len() as u64;
-            } else {
-                self.unanswered += 1;
             }
         }
     }
@@ -175,6 +146,8 @@ fn hist<'a>(joins: &'a mut Hist, leaves: &'a mut Hist, join: bool) -> &'a mut Hi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenarios::churning::Window;
+    use std::time::Duration;
 
     fn ms(t0: Instant, n: u64) -> Instant {
         t0 + Duration::from_millis(n)
@@ -206,7 +179,7 @@ mod tests {
         assert_eq!(b.joins.count(), 2);
         b.seen(2, &keys(&["c0-1", "c1-1"]), &[], ms(t0, 40));
         assert_eq!(b.joins.count(), 4);
-        assert_eq!(b.pending(), 0);
+        assert_eq!(b.flights.len(), 0);
         assert_eq!(b.changes, 2);
         // The leave.
         b.begin("c0-1", false, ms(t0, 50));
@@ -214,11 +187,11 @@ mod tests {
         b.seen(2, &[], &keys(&["c0-1"]), ms(t0, 53));
         assert_eq!(b.leaves.count(), 1);
         assert_eq!(b.leaves.max(), 2000);
-        b.expire(ms(t0, 5051));
-        assert_eq!(b.lost, 0, "exactly 5 s is not past the window");
-        b.expire(ms(t0, 5052));
-        assert_eq!(b.lost, 1, "node 1 never saw the leave");
-        assert_eq!(b.pending(), 0);
+        b.flights.expire(ms(t0, 5051));
+        assert_eq!(b.flights.lost, 0, "exactly 5 s is not past the window");
+        b.flights.expire(ms(t0, 5052));
+        assert_eq!(b.flights.lost, 1, "node 1 never saw the leave");
+        assert_eq!(b.flights.len(), 0);
     }
 
     #[test]
@@ -227,18 +200,21 @@ mod tests {
         let mut b = Book::new(vec![0]);
         b.begin("c0-1", true, t0);
         b.reply("c0-1", true, false, ms(t0, 1));
-        assert_eq!((b.refused, b.changes, b.pending()), (1, 0, 0));
+        assert_eq!((b.refused, b.changes, b.flights.len()), (1, 0, 0));
         b.begin("c0-2", true, t0);
         b.cancel("c0-2", true);
-        assert_eq!(b.pending(), 0);
+        assert_eq!(b.flights.len(), 0);
         b.begin("c0-3", true, t0);
-        b.expire(ms(t0, 10_001));
-        assert_eq!(b.unanswered, 1);
+        b.flights.expire(ms(t0, 10_001));
+        assert_eq!(b.flights.unanswered, 1);
         b.begin("c0-4", true, t0);
         b.begin("c0-5", true, t0);
         b.reply("c0-5", true, true, ms(t0, 1));
-        b.abandon_all();
-        assert_eq!((b.unanswered, b.lost, b.pending()), (2, 1, 0));
+        b.flights.abandon_all();
+        assert_eq!(
+            (b.flights.unanswered, b.flights.lost, b.flights.len()),
+            (2, 1, 0)
+        );
         assert_eq!(b.watched(), &[0]);
     }
 }

@@ -8,29 +8,16 @@
 //! [`Book`]; `rate limited` replies are counted apart from other refusals.
 
 use super::super::actor::{Answer, Order, GONE};
+use super::super::churning::{Coordinator, Rota, Tally, Window};
 use super::book::Book;
+use super::members::Seen;
 use super::CHURN_KEY;
 use crate::client::Status;
-use serde::Serialize;
-use std::collections::BTreeMap;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Requests per second one churner makes at most.
 pub(super) const PER_CHURNER: f64 = 5.0;
-
-#[derive(Default, Serialize)]
-pub(super) struct Tally {
-    pub(super) joins_sent: u64,
-    pub(super) leaves_sent: u64,
-    pub(super) joins_ok: u64,
-    pub(super) leaves_ok: u64,
-    pub(super) rate_limited: u64,
-    pub(super) refused: BTreeMap<String, u64>,
-    pub(super) churner_errors: BTreeMap<String, u64>,
-    /// Ticks with no free churner.
-    pub(super) skipped: u64,
-}
 
 /// The coordinator's view of one churner.
 pub(super) struct Churner {
@@ -59,7 +46,7 @@ pub(super) struct Churn {
     pub(super) book: Book,
     pub(super) churners: Vec<Churner>,
     topic: String,
-    next: usize,
+    rota: Rota,
     ids: u64,
     pub(super) tally: Tally,
 }
@@ -68,9 +55,9 @@ impl Churn {
     pub(super) fn new(book: Book, churners: Vec<Churner>, topic: &str) -> Churn {
         Churn {
             book,
+            rota: Rota::new(churners.len()),
             churners,
             topic: topic.to_string(),
-            next: 0,
             ids: 0,
             tally: Tally::default(),
         }
@@ -83,55 +70,48 @@ impl Churn {
             .filter(|c| c.holds.is_some() && !c.dead)
             .count() as u64
     }
+}
 
-    /// One tick: starts one change if a churner is free; false when skipped.
-    pub(super) fn tick(&mut self, now: Instant) -> bool {
-        let count = self.churners.len();
-        for _ in 0..count {
-            let c = self.next;
-            self.next = (c + 1) % count;
-            let ch = &mut self.churners[c];
-            if ch.inflight.is_some() || ch.dead {
-                continue;
-            }
-            self.ids += 1;
-            let id = self.ids;
-            let (key, join, order) = match &ch.holds {
-                Some(key) => (
-                    key.clone(),
-                    false,
-                    Order::Leave {
-                        id,
-                        topic: self.topic.clone(),
-                    },
-                ),
-                None => {
-                    ch.joins += 1;
-                    let key = format!("{CHURN_KEY}{c}-{}", ch.joins);
-                    let params = format!("{{\"user_id\":\"{key}\"}}");
-                    let topic = self.topic.clone();
-                    (key, true, Order::Join { id, topic, params })
-                }
-            };
-            if ch.orders.send(order).is_err() {
-                ch.dead = true;
-                continue;
-            }
-            self.book.begin(&key, join, now);
-            ch.inflight = Some((key, join));
-            if join {
-                self.tally.joins_sent += 1;
-            } else {
-                self.tally.leaves_sent += 1;
-            }
-            return true;
+/// A tick starts a change when a churner is free.
+impl Coordinator for Churn {
+    type Seen = Seen;
+    type Answer = Answer;
+
+    /// A free churner leaves the topic, or joins it with a fresh key.
+    fn start(&mut self, c: usize, now: Instant) -> Option<bool> {
+        let ch = &mut self.churners[c];
+        if ch.inflight.is_some() || ch.dead {
+            return None;
         }
-        self.tally.skipped += 1;
-        false
+        self.ids += 1;
+        let id = self.ids;
+        let (key, join, order) = match &ch.holds {
+            Some(key) => (
+                key.clone(),
+                false,
+                Order::Leave {
+                    id,
+                    topic: self.topic.clone(),
+                },
+            ),
+            None => {
+                ch.joins += 1;
+                let key = format!("{CHURN_KEY}{c}-{}", ch.joins);
+                let params = format!("{{\"user_id\":\"{key}\"}}");
+                let topic = self.topic.clone();
+                (key, true, Order::Join { id, topic, params })
+            }
+        };
+        if ch.orders.send(order).is_err() {
+            ch.dead = true;
+            return None;
+        }
+        self.book.begin(&key, join, now);
+        ch.inflight = Some((key, join));
+        Some(join)
     }
 
-    /// A churner's answer.
-    pub(super) fn answer(&mut self, a: Answer) {
+    fn answer(&mut self, a: Answer) {
         let Some(ch) = self.churners.get_mut(a.actor) else {
             return;
         };
@@ -152,23 +132,22 @@ impl Churn {
             (Ok(_), None) => {}
             (Ok(Status::Ok), Some((key, join))) => {
                 self.book.reply(&key, join, true, a.at);
-                if join {
-                    ch.holds = Some(key);
-                    self.tally.joins_ok += 1;
-                } else {
-                    ch.holds = None;
-                    self.tally.leaves_ok += 1;
-                }
+                ch.holds = join.then_some(key);
+                self.tally.ok(join);
             }
             (Ok(status), Some((key, join))) => {
                 self.book.reply(&key, join, false, a.at);
-                if status.is_rate_limited() {
-                    self.tally.rate_limited += 1;
-                } else if let Status::Error(reason) = status {
-                    *self.tally.refused.entry(reason).or_default() += 1;
-                }
+                self.tally.refused(status);
             }
         }
+    }
+
+    fn seen(&mut self, s: Seen) {
+        self.book.seen(s.node, &s.joins, &s.leaves, s.at);
+    }
+
+    fn parts(&mut self) -> (&mut Rota, &mut Tally, &mut dyn Window) {
+        (&mut self.rota, &mut self.tally, &mut self.book.flights)
     }
 }
 

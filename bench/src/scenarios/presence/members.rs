@@ -8,10 +8,11 @@
 //! reports the churners' keys (`c…`) found in `joins` and `leaves`, with
 //! the time the frame was read.
 
+use super::super::listen::{listen, End, Listener};
 use super::super::pool::bar;
 use super::super::report::round3;
 use super::CHURN_KEY;
-use crate::client::{Ws, OP_CLOSE, OP_TEXT};
+use crate::client::{Ws, OP_TEXT};
 use crate::hist::Hist;
 use crate::worker::open_joined_with;
 use crate::{source_addrs, BenchArgs, Endpoint};
@@ -26,7 +27,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-const HEARTBEAT: &str = "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]";
 /// How long a joiner waits for its `presence_state`.
 const STATE_WITHIN: Duration = Duration::from_secs(10);
 
@@ -275,126 +275,78 @@ struct Member {
     heartbeat: Duration,
 }
 
-enum Step {
-    Read(bool),
-    Beat,
-    Stop,
-}
-
 impl Member {
-    async fn run(mut self, mut ws: Ws) {
-        let mut beat = tokio::time::interval(self.heartbeat);
-        beat.tick().await;
-        let mut found: Vec<(Vec<String>, Vec<String>)> = Vec::new();
-        let mut step = Step::Read(true);
-        let mut closed = false;
-        {
-            let (counters, observer, presence) = (&self.counters, self.observer, self.presence);
-            let node = self.node;
-            let mut on = |op: u8, d: &[u8]| {
-                scan(
-                    counters,
-                    node,
-                    observer,
-                    presence,
-                    op,
-                    d,
-                    &mut found,
-                    &mut closed,
-                )
-            };
-            if ws.drain_buffered(&mut on).is_err() {
-                step = Step::Read(false);
-            }
-        }
-        loop {
-            if !found.is_empty() {
-                let at = Instant::now();
-                if let Some(seen) = &self.seen {
-                    for (joins, leaves) in found.drain(..) {
-                        let _ = seen.send(Seen {
-                            node: self.node,
-                            at,
-                            joins,
-                            leaves,
-                        });
-                    }
-                }
-                found.clear();
-            }
-            match step {
-                Step::Read(true) if !closed => {}
-                Step::Read(_) => {
-                    if !*self.stop.borrow() {
-                        self.counters.gone.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return;
-                }
-                Step::Beat => {
-                    if ws.send_text(HEARTBEAT).await.is_err() {
-                        self.counters.gone.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                }
-                Step::Stop => {
-                    let _ = ws.send_close().await;
-                    return;
-                }
-            }
-            step = {
-                let (counters, observer, presence) =
-                    (self.counters.clone(), self.observer, self.presence);
-                let node = self.node;
-                let mut on = |op: u8, d: &[u8]| {
-                    scan(
-                        &counters,
-                        node,
-                        observer,
-                        presence,
-                        op,
-                        d,
-                        &mut found,
-                        &mut closed,
-                    )
-                };
-                tokio::select! {
-                    r = ws.read_batch(&mut on) => Step::Read(r.unwrap_or(false)),
-                    _ = beat.tick() => Step::Beat,
-                    _ = self.stop.changed() => Step::Stop,
-                }
-            };
-            ws.shrink_read_buffer(64 * 1024);
+    async fn run(self, mut ws: Ws) {
+        let Member {
+            node,
+            presence,
+            observer,
+            counters,
+            seen,
+            mut stop,
+            heartbeat,
+        } = self;
+        let mut reader = Reader {
+            counters,
+            node,
+            observer,
+            presence,
+            seen,
+            found: Vec::new(),
+        };
+        let end = listen(&mut ws, &mut reader, heartbeat, &mut stop, Some(64 * 1024)).await;
+        if end == End::Gone {
+            reader.counters.gone.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn scan(
-    counters: &Counters,
+/// What a member does with its frames: counts its `presence_diff`s and
+/// (an observer) reports the churners' keys they name.
+struct Reader {
+    counters: Arc<Counters>,
     node: usize,
     observer: bool,
     presence: bool,
-    op: u8,
-    d: &[u8],
-    found: &mut Vec<(Vec<String>, Vec<String>)>,
-    closed: &mut bool,
-) {
-    match op {
-        OP_CLOSE => *closed = true,
-        OP_TEXT if presence && super::super::actor::is_push(d, "presence_diff") => {
-            counters.diff(node);
-            counters
-                .diff_bytes
-                .fetch_add(d.len() as u64, Ordering::Relaxed);
-            if observer {
-                if let Some((joins, leaves)) = churn_keys(d) {
-                    if !joins.is_empty() || !leaves.is_empty() {
-                        found.push((joins, leaves));
-                    }
+    seen: Option<mpsc::UnboundedSender<Seen>>,
+    /// The churners' keys (joins, leaves) of the diffs read in this batch.
+    found: Vec<(Vec<String>, Vec<String>)>,
+}
+
+impl Listener for Reader {
+    fn frame(&mut self, op: u8, d: &[u8]) {
+        if op != OP_TEXT || !self.presence || !super::super::actor::is_push(d, "presence_diff") {
+            return;
+        }
+        self.counters.diff(self.node);
+        self.counters
+            .diff_bytes
+            .fetch_add(d.len() as u64, Ordering::Relaxed);
+        if self.observer {
+            if let Some((joins, leaves)) = churn_keys(d) {
+                if !joins.is_empty() || !leaves.is_empty() {
+                    self.found.push((joins, leaves));
                 }
             }
         }
-        _ => {}
+    }
+
+    fn batch(&mut self) {
+        if self.found.is_empty() {
+            return;
+        }
+        let at = Instant::now();
+        if let Some(seen) = &self.seen {
+            for (joins, leaves) in self.found.drain(..) {
+                let _ = seen.send(Seen {
+                    node: self.node,
+                    at,
+                    joins,
+                    leaves,
+                });
+            }
+        }
+        self.found.clear();
     }
 }
 
@@ -411,14 +363,21 @@ mod tests {
         let empty = br#"["1",null,"t","presence_diff",{"joins":{},"leaves":{}}]"#;
         assert_eq!(churn_keys(empty), Some((vec![], vec![])));
         assert!(churn_keys(b"[1,2]").is_none());
-        let c = Counters::new(2);
-        let (mut found, mut closed) = (Vec::new(), false);
-        scan(&c, 0, true, true, OP_TEXT, frame, &mut found, &mut closed);
-        scan(&c, 1, false, true, OP_TEXT, frame, &mut found, &mut closed);
+        let c = Arc::new(Counters::new(2));
+        let reader = |node, observer| Reader {
+            counters: c.clone(),
+            node,
+            observer,
+            presence: true,
+            seen: None,
+            found: Vec::new(),
+        };
+        let (mut r0, mut r1) = (reader(0, true), reader(1, false));
+        r0.frame(OP_TEXT, frame);
+        r1.frame(OP_TEXT, frame);
         let state = br#"[null,null,"t","presence_state",{}]"#;
-        scan(&c, 1, true, true, OP_TEXT, state, &mut found, &mut closed);
+        r1.frame(OP_TEXT, state);
         assert_eq!(c.diffs(), vec![1, 1]);
-        assert_eq!(found.len(), 1);
-        assert!(!closed);
+        assert_eq!((r0.found.len(), r1.found.len()), (1, 0));
     }
 }

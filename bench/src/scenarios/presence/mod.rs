@@ -29,12 +29,13 @@ mod summary;
 pub(super) use summary::summary;
 
 use super::actor::{self, Pushes};
+use super::churning::Phase;
 use super::failed;
 use super::report::round3;
 use crate::client::Ws;
 use crate::hist::Hist;
 use crate::{cpu_seconds, BenchArgs, BenchError, Endpoint};
-use book::{Book, WINDOW};
+use book::Book;
 use churn::{Churn, Churner, PER_CHURNER};
 use members::Counters;
 use node::Kept;
@@ -112,7 +113,7 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
 
     // 2. Members.
     let counters = Arc::new(Counters::new(nodes));
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    let (seen_tx, seen_rx) = mpsc::unbounded_channel();
     let m = members::open(args, eps, &topic, true, &counters, Some(seen_tx)).await;
     if m.opened == 0 {
         let errors = m.report["errors"].to_string();
@@ -154,7 +155,7 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
         DEFAULT_RATE
     };
     let churner_count = ((rate / PER_CHURNER).ceil() as usize).clamp(1, 1000);
-    let (answer_tx, mut answer_rx) = mpsc::unbounded_channel();
+    let (answer_tx, answer_rx) = mpsc::unbounded_channel();
     let pushes = Arc::new(Pushes::default());
     let mut tasks = JoinSet::new();
     let mut churners = Vec::with_capacity(churner_count);
@@ -178,19 +179,8 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
     let diffs0 = counters.diffs();
     let bytes0 = counters.diff_bytes.load(Ordering::Relaxed);
     let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut expire = tokio::time::interval(Duration::from_millis(100));
-    let end = start + Duration::from_secs_f64(args.duration);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(end.into()) => break,
-            _ = tick.tick() => { churn.tick(Instant::now()); }
-            Some(s) = seen_rx.recv() => churn.book.seen(s.node, &s.joins, &s.leaves, s.at),
-            Some(a) = answer_rx.recv() => churn.answer(a),
-            _ = expire.tick() => churn.book.expire(Instant::now()),
-        }
-    }
+    let mut phase = Phase::new(seen_rx, answer_rx);
+    phase.churn(&mut churn, start, rate, args.duration).await;
     let churn_s = start.elapsed().as_secs_f64();
     let cpu1 = node::cpu_all(&pids);
     let client_s = cpu_seconds(None).unwrap_or(0.0) - client0;
@@ -203,16 +193,7 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
     let diff_bytes = counters.diff_bytes.load(Ordering::Relaxed) - bytes0;
 
     // 5. Drain, the truth check, close.
-    let drain_end = Instant::now() + WINDOW + Duration::from_secs(1);
-    while churn.book.pending() > 0 && Instant::now() < drain_end {
-        tokio::select! {
-            _ = tokio::time::sleep_until(drain_end.into()) => break,
-            Some(s) = seen_rx.recv() => churn.book.seen(s.node, &s.joins, &s.leaves, s.at),
-            Some(a) = answer_rx.recv() => churn.answer(a),
-            _ = expire.tick() => churn.book.expire(Instant::now()),
-        }
-    }
-    churn.book.abandon_all();
+    phase.drain(&mut churn).await;
     let gone = counters.gone.load(Ordering::Relaxed);
     let expect = (m.opened as u64).saturating_sub(gone) + churn.holding();
     let (exact, _) = node::converge(eps, &topic, expect, Duration::from_secs(3)).await;
@@ -271,8 +252,8 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
             "join": b.joins.summary(),
             "leave": b.leaves.summary(),
             "before_reply": b.before_reply,
-            "lost": b.lost,
-            "unanswered": b.unanswered,
+            "lost": b.flights.lost,
+            "unanswered": b.flights.unanswered,
         },
         "truth": {"expected": expect, "exact": exact},
         "members_gone": gone,

@@ -7,6 +7,7 @@
 //! to [`LEAVE_TRIES`] times.
 
 use super::super::actor::{Answer, Order, GONE};
+use super::super::churning::count_refusal;
 use super::ledger::{Ledger, ADDED, OCCUPIED, REMOVED, VACATED};
 use super::plan::Assign;
 use super::receiver::lock;
@@ -212,11 +213,8 @@ impl Run {
                 self.finish(i, St::Done);
             }
             (join, status) => {
-                if status.is_rate_limited() {
-                    self.tally.rate_limited += 1;
-                } else if let Status::Error(reason) = status {
-                    *self.tally.refused.entry(reason).or_default() += 1;
-                }
+                let t = &mut self.tally;
+                count_refusal(status, &mut t.rate_limited, &mut t.refused);
                 if join {
                     // Nothing happened: no transition to expect.
                     self.assign.release(a.actor);
