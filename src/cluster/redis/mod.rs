@@ -147,6 +147,22 @@ pub fn describe(e: &::redis::RedisError) -> String {
     s.replace('\n', " ")
 }
 
+/// Sends one request of `commands` commands to Redis: counted, bounded by
+/// [`COMMAND_TIMEOUT`], and its failure (a Redis error or no answer in
+/// time) told in a short line — the same for every read and write of the
+/// backend.
+pub async fn bounded<T>(
+    redis: &RedisBackend,
+    commands: u64,
+    request: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+) -> Result<T, String> {
+    redis.metrics.redis_commands.increment(commands);
+    tokio::time::timeout(COMMAND_TIMEOUT, request)
+        .await
+        .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
+        .map_err(|e| describe(&e))
+}
+
 /// What another component needs to use this node's Redis connection.
 #[derive(Clone)]
 pub struct RedisAccess {
@@ -344,13 +360,11 @@ async fn probe(redis: Arc<RedisBackend>) {
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         let mut conn = redis.conn.clone();
-        redis.metrics.redis_commands.increment(1);
         let mut ping = ::redis::cmd("EXISTS");
         ping.arg(&redis.keys.meta);
-        match tokio::time::timeout(COMMAND_TIMEOUT, ping.exec_async(&mut conn)).await {
-            Ok(Ok(())) => redis.health.answered(),
-            Ok(Err(e)) => redis.health.down(&describe(&e)),
-            Err(_) => redis.health.down("redis unreachable or slower than 500 ms"),
+        match bounded(&redis, 1, ping.exec_async(&mut conn)).await {
+            Ok(()) => redis.health.answered(),
+            Err(why) => redis.health.down(&why),
         }
     }
 }

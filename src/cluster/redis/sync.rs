@@ -7,7 +7,7 @@
 //! also read alone, cheaply, to tell a node that went silent from one whose
 //! deltas stopped arriving.
 
-use super::{describe, wire, RedisBackend, COMMAND_TIMEOUT};
+use super::{bounded, wire, RedisBackend, COMMAND_TIMEOUT};
 use crate::cluster::keys::Keys;
 use crate::cluster::view::{Delta, Totals};
 use serde_json::value::RawValue;
@@ -26,13 +26,18 @@ pub async fn names(redis: &RedisBackend) -> Result<Vec<String>, String> {
     let mut conn = redis.conn.clone();
     let mut cmd = ::redis::cmd("ZRANGE");
     cmd.arg(&redis.keys.registry).arg(0).arg(-1);
-    redis.metrics.redis_commands.increment(1);
-    let names = tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async::<Vec<String>>(&mut conn))
-        .await
-        .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
-        .map_err(|e| describe(&e))?;
+    read(redis, 1, cmd.query_async::<Vec<String>>(&mut conn)).await
+}
+
+/// A read of `commands` commands; an answer counts as Redis being up.
+async fn read<T>(
+    redis: &RedisBackend,
+    commands: u64,
+    request: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+) -> Result<T, String> {
+    let answer = bounded(redis, commands, request).await?;
     redis.health.answered();
-    Ok(names)
+    Ok(answer)
 }
 
 /// Which write of which process a snapshot holds.
@@ -48,24 +53,25 @@ pub async fn last_write(redis: &RedisBackend, node: &str) -> Result<Option<LastW
     let mut cmd = ::redis::cmd("HGETALL");
     cmd.arg(&meta_key);
     let mut conn = redis.conn.clone();
-    redis.metrics.redis_commands.increment(1);
-    let meta: HashMap<String, String> =
-        tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async(&mut conn))
-            .await
-            .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
-            .map_err(|e| describe(&e))?;
-    redis.health.answered();
+    let meta: HashMap<String, String> = read(redis, 1, cmd.query_async(&mut conn)).await?;
     if meta.is_empty() {
         return Ok(None);
     }
-    // Read as `snapshot` reads them, so both agree with the view.
-    Ok(Some(LastWrite {
-        origin: meta.get("o").cloned().unwrap_or_default(),
-        seq: meta
-            .get("q")
-            .and_then(|q| q.parse::<u64>().ok())
-            .unwrap_or(0),
-    }))
+    Ok(Some(LastWrite::of(&meta)))
+}
+
+impl LastWrite {
+    /// The write a snapshot's meta hash names; `last_write` and `snapshot`
+    /// both read it here, so both agree with the view.
+    fn of(meta: &HashMap<String, String>) -> LastWrite {
+        LastWrite {
+            origin: meta.get("o").cloned().unwrap_or_default(),
+            seq: meta
+                .get("q")
+                .and_then(|q| q.parse::<u64>().ok())
+                .unwrap_or(0),
+        }
+    }
 }
 
 /// `node`'s snapshot, or `None` when it has none (gone).
@@ -81,19 +87,13 @@ pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Snapsho
         // Keyless: it goes to the same server as the rest.
         .cmd("TIME");
     let mut conn = redis.conn.clone();
-    redis.metrics.redis_commands.increment(4);
     type Reply = (
         HashMap<String, String>,
         HashMap<String, u64>,
         HashMap<String, String>,
         Vec<u64>,
     );
-    let (meta, topics, presence, time): Reply =
-        tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn))
-            .await
-            .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
-            .map_err(|e| describe(&e))?;
-    redis.health.answered();
+    let (meta, topics, presence, time): Reply = read(redis, 4, pipe.query_async(&mut conn)).await?;
     if meta.is_empty() {
         // Gone: drop it from the registry too, so later starts skip it.
         let mut cmd = ::redis::cmd("ZREM");
@@ -111,10 +111,11 @@ pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Snapsho
         _ => 0,
     };
     let age = Duration::from_millis(number("at").map_or(0, |at| now_ms.saturating_sub(at)));
+    let LastWrite { origin, seq } = LastWrite::of(&meta);
     let delta = Delta {
         node: node.to_owned(),
-        origin: meta.get("o").cloned().unwrap_or_default(),
-        seq: number("q").unwrap_or(0),
+        origin,
+        seq,
         full: true,
         totals: Totals {
             connections: c,

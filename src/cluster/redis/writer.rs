@@ -7,7 +7,7 @@
 //! After any failure, or when Redis turns out to have lost the snapshot, the
 //! next write (and its delta) carries everything.
 
-use super::{describe, wire, RedisBackend, COMMAND_TIMEOUT};
+use super::{bounded, wire, RedisBackend};
 use crate::cluster::keys;
 use crate::cluster::view::{Delta, Totals};
 use ::redis::Value;
@@ -206,11 +206,7 @@ async fn write(redis: &RedisBackend, delta: &Delta) -> Result<Outcome, String> {
         invocation.arg(&*p.phx_ref);
     }
     let mut conn = redis.conn.clone();
-    redis.metrics.redis_commands.increment(1);
-    let reply = tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async::<Value>(&mut conn))
-        .await
-        .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
-        .map_err(|e| describe(&e))?;
+    let reply = bounded(redis, 1, invocation.invoke_async::<Value>(&mut conn)).await?;
     match reply {
         Value::Int(-1) => Ok(Outcome::Lost),
         Value::Array(written_by) => {
@@ -242,17 +238,14 @@ async fn announce(redis: &RedisBackend, delta: &Delta) {
     zadd.arg(&redis.keys.registry)
         .arg(wall_ms())
         .arg(&redis.node);
-    redis.metrics.redis_commands.increment(2);
     let mut conn = redis.conn.clone();
     // Two commands: on a Redis Cluster they live on different slots.
     let both = async {
         publish.exec_async(&mut conn).await?;
         zadd.exec_async(&mut conn).await
     };
-    match tokio::time::timeout(COMMAND_TIMEOUT, both).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => redis.health.down(&describe(&e)),
-        Err(_) => redis.health.down("redis unreachable or slower than 500 ms"),
+    if let Err(why) = bounded(redis, 2, both).await {
+        redis.health.down(&why);
     }
 }
 
