@@ -86,12 +86,11 @@ impl Ctx {
                 let parts = Parts {
                     registry: registry.clone(),
                     presence: presence.clone(),
-                    reporter: reporter.clone(),
                     bus: bus.clone(),
                     metrics: metrics.clone(),
                     relay: relayed,
                 };
-                (bus, Cluster::redis(settings, parts)?)
+                (bus, Cluster::redis(settings, reporter.clone(), parts)?)
             }
         };
         Ok(Arc::new(Ctx {

@@ -9,10 +9,6 @@ mod keys;
 mod redis;
 pub mod view;
 
-use crate::bus::{Bus, RelayReceiver};
-use crate::metrics::Metrics;
-use crate::presence::Presence;
-use crate::registry::Registry;
 use crate::stats::{Filter, Reporter};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use view::View;
 
-pub use self::redis::{RedisAccess, RedisSettings, RedisSetupError};
+pub use self::redis::{Parts, RedisAccess, RedisSettings, RedisSetupError};
 
 /// A name for this process, unique in the cluster: it tags this node's
 /// messages (so it skips its own echo), starts its delta sequence (so a
@@ -37,16 +33,6 @@ pub fn origin_id(node: &str) -> String {
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// What the Redis backend is built from: the components it uses.
-pub struct Parts {
-    pub registry: Arc<Registry>,
-    pub presence: Arc<Presence>,
-    pub reporter: Arc<Reporter>,
-    pub bus: Arc<Bus>,
-    pub metrics: Arc<Metrics>,
-    pub relay: RelayReceiver,
 }
 
 pub struct Cluster {
@@ -69,21 +55,15 @@ impl Cluster {
 
     /// A node of a cluster sharing one Redis. Nothing waits for Redis here:
     /// the node starts and serves its sockets even while Redis is down.
-    pub fn redis(settings: RedisSettings, parts: Parts) -> Result<Cluster, RedisSetupError> {
+    pub fn redis(
+        settings: RedisSettings,
+        reporter: Arc<Reporter>,
+        parts: Parts,
+    ) -> Result<Cluster, RedisSetupError> {
         let view = Arc::new(View::new());
-        let backend = redis::RedisBackend::new(
-            settings,
-            redis::Parts {
-                registry: parts.registry,
-                presence: parts.presence,
-                bus: parts.bus,
-                metrics: parts.metrics,
-                view: view.clone(),
-                relay: parts.relay,
-            },
-        )?;
+        let backend = redis::RedisBackend::new(settings, parts, view.clone())?;
         Ok(Cluster {
-            reporter: parts.reporter,
+            reporter,
             view,
             redis: Some(Arc::new(backend)),
             rendered: Mutex::default(),

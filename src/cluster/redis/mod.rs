@@ -188,7 +188,6 @@ pub struct Parts {
     pub presence: Arc<Presence>,
     pub bus: Arc<Bus>,
     pub metrics: Arc<Metrics>,
-    pub view: Arc<View>,
     pub relay: RelayReceiver,
 }
 
@@ -226,8 +225,13 @@ struct Pending {
 
 impl RedisBackend {
     /// Sets up the connections without waiting for Redis: a node starts and
-    /// serves its sockets even while Redis is down.
-    pub fn new(settings: RedisSettings, parts: Parts) -> Result<RedisBackend, RedisSetupError> {
+    /// serves its sockets even while Redis is down. `view` is what the
+    /// backend keeps of the other nodes.
+    pub fn new(
+        settings: RedisSettings,
+        parts: Parts,
+        view: Arc<View>,
+    ) -> Result<RedisBackend, RedisSetupError> {
         let target = conn::target(&settings.url)?;
         let health = Arc::new(Health::new(parts.metrics.clone()));
         // The command connection hears of a lost connection at once (RESP3),
@@ -254,7 +258,7 @@ impl RedisBackend {
             registry: parts.registry,
             presence: parts.presence,
             bus: parts.bus,
-            view: parts.view,
+            view,
             pending: Mutex::new(Some(Pending {
                 sub,
                 pushes: push_rx,
