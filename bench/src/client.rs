@@ -49,18 +49,14 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result
 
 fn set_bind_no_port(socket: &TcpSocket) {
     use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int from a valid pointer on an open socket.
     // Failure only means ports are picked at bind time, which still works.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let one: libc::c_int = 1;
+    let _ = setsockopt(
+        socket.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        &one,
+    );
 }
 
 /// Sets SO_LINGER 0: closing then resets the connection (no TIME_WAIT).
@@ -75,14 +71,26 @@ pub fn try_set_linger_zero(stream: &TcpStream) -> io::Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: as above, a valid struct pointer and its size.
+    setsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &l)
+}
+
+/// One socket option, set from a plain C value.
+fn setsockopt<T>(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: setsockopt reads `size_of::<T>()` bytes from a valid pointer;
+    // a bad descriptor or option is an error it returns, not undefined
+    // behaviour.
     let rc = unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {
