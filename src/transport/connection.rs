@@ -1,8 +1,9 @@
-//! One WebSocket connection's reading side over a socket taken from hyper
-//! after the upgrade — bytes in → whole messages — and its closing
-//! handshake. It knows nothing of Phoenix; the session above it gets decoded
-//! messages. Frames out go through the socket's outbox (`crate::outbox`),
-//! which shares the socket and writes into it directly.
+//! One WebSocket connection's reading side over the raw socket handed over
+//! after the 101 (by `upgrade`, or by hyper) — bytes in → whole messages —
+//! and its closing handshake. It knows nothing of Phoenix; the session
+//! above it gets decoded messages. Frames out go through the socket's
+//! outbox (`crate::outbox`), which shares the socket and writes into it
+//! directly.
 //!
 //! Memory is what limits how many sockets a node holds, so an idle
 //! connection keeps no buffer: reads go through a stack buffer and only an
@@ -128,7 +129,8 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    /// Decodes bytes read elsewhere (what hyper read past the handshake).
+    /// Decodes bytes read elsewhere (what the upgrade, direct or through
+    /// hyper, read past the handshake).
     pub fn feed(
         &mut self,
         bytes: &mut [u8],

@@ -1,4 +1,5 @@
-//! Number formats and lines every scenario's report uses alike.
+//! Number formats and lines every scenario's report uses alike, so that the
+//! same figure reads the same way in every summary.
 
 use crate::hist::fmt_us;
 use serde_json::Value;

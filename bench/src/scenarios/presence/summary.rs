@@ -1,4 +1,5 @@
-//! The human summary of a `bench presence` report.
+//! The human summary of a `bench presence` report, read off the JSON report
+//! itself so that the printed lines and `--json` never disagree.
 
 use super::super::report::{kib, lat_line};
 use crate::hist::fmt_us;

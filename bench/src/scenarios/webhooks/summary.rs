@@ -1,4 +1,5 @@
-//! The human summary of a `bench webhooks` report.
+//! The human summary of a `bench webhooks` report, read off the JSON report
+//! itself so that the printed lines and `--json` never disagree.
 
 use super::super::report::lat_line;
 use serde_json::Value;
