@@ -8,7 +8,7 @@
 //! Redis Cluster it also watches for a sharded subscription lost without a
 //! word, and makes it afresh.
 
-use super::conn::{Channels, Subscriber};
+use super::conn::{self, Channels, Subscriber};
 use super::{relay, sync, wire, RedisBackend};
 use crate::cluster::keys::Carries;
 use crate::cluster::view::{Delta, Gap, Heard};
@@ -58,6 +58,10 @@ struct Listener {
     round: Option<HashSet<String>>,
     /// The subscription was lost; the next confirmation starts a round.
     lost: bool,
+    /// Markers of given-up subscriber connections read so far: while fewer
+    /// than the subscriber has given up, pushes come from a connection
+    /// already replaced (Redis Cluster).
+    replaced_seen: u64,
     /// Quiet nodes whose last write was asked of Redis, and when; a node
     /// is forgotten here once it is heard again or leaves the view.
     asked: HashMap<Arc<str>, Instant>,
@@ -87,6 +91,7 @@ pub async fn run(
         reading: HashMap::new(),
         round: None,
         lost: false,
+        replaced_seen: 0,
         rebuild: false,
         own_heard: Instant::now(),
         rebuilt: Instant::now(),
@@ -248,7 +253,18 @@ impl Listener {
     }
 
     fn on_push(&mut self, push: PushInfo) {
+        if conn::is_replaced_marker(&push) {
+            self.replaced_seen += 1;
+            return;
+        }
+        // What a replaced connection says of itself (lost, unsubscribed)
+        // was answered by the subscription made since: a failover ends a
+        // sharded subscription once per channel, and one fresh subscription
+        // answers them all. Its messages still count: they were sent before
+        // and are not sent again.
+        let stale = self.replaced_seen < self.sub.replaced();
         match push.kind {
+            PushKind::Disconnection | PushKind::SUnsubscribe if stale => {}
             PushKind::Disconnection => {
                 self.lost = true;
                 self.redis.synced.store(false, Ordering::SeqCst);
