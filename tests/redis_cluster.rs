@@ -1410,7 +1410,7 @@ async fn hung_master(key: &str, seed: Option<usize>) {
     let promoted = promoted.join().expect("the watching thread");
     println!(
         "redis promoted a replica {promoted:?} after the stop; every node exact and not \
-         degraded {recovered:?} after it; slot {slot} now on {:?}",
+         degraded {recovered:?} after the stop; slot {slot} now on {:?}",
         successor.map(|m| rc.nodes[m].port)
     );
     assert!(
