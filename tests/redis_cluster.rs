@@ -6,7 +6,11 @@
 //! across nodes; headcount nodes killed (the survivors keep their
 //! subscriptions: no gap in the relay) and stopped; and a Redis master
 //! SIGKILLed under the nodes (a replica takes over): degraded answers within
-//! a second, then exact figures, a working relay and nothing double-counted.
+//! a second, then exact figures, a working relay and nothing double-counted;
+//! a master SIGSTOPped (hung: no connection drops, nothing answers) until
+//! Redis fails it over, after which the nodes must find the new master by
+//! themselves and be exact again while it is still stopped; and a manual
+//! `CLUSTER FAILOVER`, which must cost each node one fresh subscription.
 //! No Redis command may cross slots: every test ends by checking the nodes'
 //! logs and every Redis server's `INFO errorstats` for CROSSSLOT.
 
