@@ -6,14 +6,18 @@
 //! across nodes; headcount nodes killed (the survivors keep their
 //! subscriptions: no gap in the relay) and stopped; and a Redis master
 //! SIGKILLed under the nodes (a replica takes over): degraded answers within
-//! a second, then exact figures, a working relay and nothing double-counted.
+//! a second, then exact figures, a working relay and nothing double-counted;
+//! a master SIGSTOPped (hung: no connection drops, nothing answers) until
+//! Redis fails it over, after which the nodes must find the new master by
+//! themselves and be exact again while it is still stopped; and a manual
+//! `CLUSTER FAILOVER`, which must cost each node one fresh subscription.
 //! No Redis command may cross slots: every test ends by checking the nodes'
 //! logs and every Redis server's `INFO errorstats` for CROSSSLOT.
 
 mod cluster_support;
 mod common;
 
-use cluster_support::redis_cluster::{key_slot, RedisCluster};
+use cluster_support::redis_cluster::{key_slot, RedisCluster, NODE_TIMEOUT_MS};
 use cluster_support::{client_of, start_node};
 use common::{broadcast, cluster_stats, get, publish, stats, wait_for, Client, Msg, Server};
 use serde_json::{json, Value};
@@ -1253,5 +1257,302 @@ async fn killed_master(key: &str, seed: Option<usize>) {
     // Webhooks went through the failover too: one per transition.
     let events = webhooks_match(&hooks, &expected).await;
     println!("webhooks: {events} events, one per transition");
+    assert_no_crossslot(&rc, &nodes);
+}
+
+/// Lines of `node`'s log that say it subscribed afresh.
+fn resubscribes(node: &Server) -> Vec<String> {
+    node.stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("subscribing afresh"))
+        .collect()
+}
+
+/// Joins and leaves on every node, so that figures that are exact
+/// afterwards were carried by a working Redis, not left over from before.
+async fn churn(nodes: &[Server], crowd: &mut Crowd, round: &str) {
+    for node in 0..nodes.len() {
+        let topic = format!("rooms:{round}{node}");
+        let i = crowd
+            .add(nodes, node, &["rooms:h", topic.as_str()], json!({}))
+            .await;
+        crowd.join(i, "rooms:h2").await;
+        crowd.leave(i, "rooms:h").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_a_hung_master_is_failed_over_and_nodes_recover() {
+    // The master of n1's snapshot, and n3's only seed.
+    hung_master(&format!("{PREFIX}:{{n1}}:meta"), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_a_hung_master_of_a_relay_partition_is_failed_over_and_nodes_recover() {
+    // The master of the partition n2 publishes on: its deltas and relayed
+    // messages vanish into the hung server until every node subscribes
+    // afresh. n3's seed is a replica.
+    let channel = format!("{{{PREFIX}:{}}}:view", partition("n2"));
+    hung_master(&channel, Some(3)).await;
+}
+
+/// SIGSTOPs the master that serves `key` under three nodes with members and
+/// subscribers. A stopped server keeps its connections open, so no client
+/// hears of a lost connection; every request to it simply never comes
+/// back. Redis fails it over after cluster-node-timeout, and every node
+/// must then be exact, not degraded, with an exactly-once relay, while it
+/// is still stopped; and again once it is resumed (as a replica). n3's
+/// single seed is the victim unless `seed` names another server.
+async fn hung_master(key: &str, seed: Option<usize>) {
+    let mut rc = RedisCluster::start();
+    let victim = rc.master_of(key).expect("a master for the key");
+    let slot = key_slot(key);
+    let nodes = start_nodes(&rc, seed.unwrap_or(victim), &[]).await;
+    let all = [0, 1, 2];
+    let mut crowd = Crowd::new(&nodes);
+    for (node, topics) in [
+        (0, &["rooms:a", "patterns:stream"][..]),
+        (1, &["rooms:a", "rooms:b"]),
+        (2, &["rooms:b"]),
+    ] {
+        crowd.add(&nodes, node, topics, json!({})).await;
+    }
+    let subscribers: Vec<usize> = {
+        let mut v = Vec::new();
+        for node in all {
+            v.push(
+                crowd
+                    .add(&nodes, node, &["patterns:stream", "rooms:relay"], json!({}))
+                    .await,
+            );
+        }
+        v
+    };
+    wait_exact(&nodes, &all, &crowd.truth(), Duration::from_secs(1)).await;
+    relay_exactly_once(&rc, &nodes, &all, &mut crowd, &subscribers, "before").await;
+
+    println!(
+        "stopping redis {} (master of {:?})",
+        rc.nodes[victim].port,
+        on_master(&rc, victim)
+    );
+    let held: Vec<bool> = nodes
+        .iter()
+        .map(|n| rc.master_of(&format!("{PREFIX}:{{{}}}:meta", n.node)) == Some(victim))
+        .collect();
+    // Redis's own failover, watched from a running server.
+    let watch_port = rc.nodes[(victim + 1) % 6].port;
+    let victim_port = rc.nodes[victim].port;
+    rc.stop(victim);
+    let stopped = Instant::now();
+    let promoted = std::thread::spawn(move || loop {
+        let owner = cluster_support::resp_command(watch_port, &["CLUSTER", "NODES"])
+            .ok()
+            .and_then(|t| {
+                cluster_support::redis_cluster::parse_nodes(&t)
+                    .into_iter()
+                    .find(|l| l.is_master() && !l.failing() && l.owns(slot))
+            })
+            .map(|l| l.port);
+        if owner.is_some_and(|p| p != victim_port) {
+            return Some(stopped.elapsed());
+        }
+        if stopped.elapsed() > Duration::from_secs(30) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    });
+
+    // A node whose snapshot the stopped server holds cannot write it:
+    // degraded soon (a probe times out after 500 ms), answering with its own
+    // figures, each answer quickly.
+    for (i, node) in nodes.iter().enumerate() {
+        if !held[i] {
+            continue;
+        }
+        let took = wait_for(Duration::from_secs(3), "degraded", || async {
+            let t = Instant::now();
+            let v = cluster_stats(node.addr).await;
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "a query took {:?}",
+                t.elapsed()
+            );
+            v["degraded"] == true
+        })
+        .await;
+        println!("{} degraded {took:?} after the stop", node.node);
+    }
+
+    // Sockets keep working meanwhile.
+    churn(&nodes, &mut crowd, "during").await;
+
+    // Redis fails the stopped master over to its replica after
+    // cluster-node-timeout; then every node must find the new master by
+    // itself (nothing tells it: the old one never answers nor hangs up) and
+    // be exact and not degraded again, while the old master stays stopped.
+    let within = Duration::from_millis(NODE_TIMEOUT_MS) + Duration::from_secs(20);
+    let expected = crowd.truth();
+    let mut last: [Option<String>; 3] = Default::default();
+    let recovered = loop {
+        for i in all {
+            last[i] = mismatch(&cluster_stats(nodes[i].addr).await, &expected)
+                .map(|why| format!("{}: {why}", nodes[i].node));
+        }
+        if last.iter().all(Option::is_none) {
+            break stopped.elapsed();
+        }
+        assert!(
+            stopped.elapsed() < within,
+            "not exact {within:?} after the master was stopped (failed over: {:?}); last answers:\n{}",
+            rc.master_of(key).map(|m| rc.nodes[m].port),
+            last.iter().flatten().cloned().collect::<Vec<_>>().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let successor = rc.master_of(key);
+    let promoted = promoted.join().expect("the watching thread");
+    println!(
+        "redis promoted a replica {promoted:?} after the stop; every node exact and not \
+         degraded {recovered:?} after the stop; slot {slot} now on {:?}",
+        successor.map(|m| rc.nodes[m].port)
+    );
+    assert!(
+        successor.is_some_and(|m| m != victim),
+        "exact again, but redis never failed the stopped master over?"
+    );
+
+    // Live again, not merely right by chance: new changes on every node
+    // reach every node, the relay is exactly once, and answers stay so.
+    churn(&nodes, &mut crowd, "after").await;
+    let took = wait_exact(&nodes, &all, &crowd.truth(), Duration::from_secs(5)).await;
+    println!("churn after the failover exact everywhere within {took:?}");
+    relay_exactly_once(&rc, &nodes, &all, &mut crowd, &subscribers, "after").await;
+    assert_steady(&nodes, &crowd.truth(), Duration::from_secs(2)).await;
+
+    // The hung server wakes up: it learns it was failed over and becomes a
+    // replica; nothing it held while stopped may count twice.
+    rc.resume(victim);
+    let t = Instant::now();
+    rc.wait_healthy(Duration::from_secs(30));
+    let role = rc.cmd(victim, &["INFO", "replication"]);
+    assert!(role.contains("role:slave"), "{role}");
+    println!("resumed redis a synced replica after {:?}", t.elapsed());
+    wait_exact(&nodes, &all, &crowd.truth(), Duration::from_secs(5)).await;
+    churn(&nodes, &mut crowd, "resumed").await;
+    let took = wait_exact(&nodes, &all, &crowd.truth(), Duration::from_secs(5)).await;
+    println!("churn after the resume exact everywhere within {took:?}");
+    relay_exactly_once(&rc, &nodes, &all, &mut crowd, &subscribers, "resumed").await;
+    assert_steady(&nodes, &crowd.truth(), Duration::from_secs(2)).await;
+    for node in &nodes {
+        let reconnects = node
+            .stderr_lines()
+            .into_iter()
+            .filter(|l| l.contains("connected afresh to the redis cluster"))
+            .count();
+        println!(
+            "{}: {} resubscribes, {reconnects} fresh command connections",
+            node.node,
+            resubscribes(node).len()
+        );
+    }
+    assert_no_crossslot(&rc, &nodes);
+}
+
+/// No answer of any node in the next `period` is degraded or differs from
+/// `expected`.
+async fn assert_steady(nodes: &[Server], expected: &BTreeMap<String, Figures>, period: Duration) {
+    let steady = Instant::now();
+    let mut bad = Vec::new();
+    while steady.elapsed() < period {
+        for node in nodes {
+            if let Some(why) = mismatch(&cluster_stats(node.addr).await, expected) {
+                bad.push(format!("+{:?} {}: {why}", steady.elapsed(), node.node));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bad.is_empty(), "not steady:\n{}", bad.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_a_manual_failover_resubscribes_each_node_once() {
+    // A replica takes over with CLUSTER FAILOVER: the old master drops
+    // every sharded subscription it served, one SUNSUBSCRIBE per channel.
+    // That is one topology change, so one fresh subscription per node.
+    let rc = RedisCluster::start();
+    let key = format!("{PREFIX}:{{n2}}:meta");
+    let master = rc.master_of(&key).expect("a master for the key");
+    let nodes = start_nodes(&rc, 5, &[]).await;
+    let all = [0, 1, 2];
+    let mut crowd = Crowd::new(&nodes);
+    for node in all {
+        crowd.add(&nodes, node, &["rooms:f"], json!({})).await;
+    }
+    let subscribers: Vec<usize> = {
+        let mut v = Vec::new();
+        for node in all {
+            v.push(
+                crowd
+                    .add(&nodes, node, &["patterns:stream", "rooms:relay"], json!({}))
+                    .await,
+            );
+        }
+        v
+    };
+    wait_exact(&nodes, &all, &crowd.truth(), Duration::from_secs(1)).await;
+    let before: Vec<usize> = nodes.iter().map(|n| resubscribes(n).len()).collect();
+
+    let view = rc.view_of(master).expect("CLUSTER NODES");
+    let id = &view
+        .iter()
+        .find(|l| l.flags.contains("myself"))
+        .expect("itself")
+        .id;
+    let replica = rc
+        .view_of(master)
+        .expect("CLUSTER NODES")
+        .iter()
+        .find(|l| l.master.as_deref() == Some(id.as_str()))
+        .and_then(|l| rc.ports().iter().position(|p| *p == l.port))
+        .expect("a replica of the master");
+    println!(
+        "CLUSTER FAILOVER on {} (replica of {}, master of {:?})",
+        rc.nodes[replica].port,
+        rc.nodes[master].port,
+        on_master(&rc, master)
+    );
+    assert_eq!(rc.cmd(replica, &["CLUSTER", "FAILOVER"]), "OK");
+    let t = Instant::now();
+    wait_for(Duration::from_secs(20), "the replica took over", || {
+        let now = rc.master_of(&key);
+        async move { now == Some(replica) }
+    })
+    .await;
+    rc.wait_healthy(Duration::from_secs(30));
+    println!("failed over after {:?}", t.elapsed());
+
+    churn(&nodes, &mut crowd, "failover").await;
+    let took = wait_exact(&nodes, &all, &crowd.truth(), Duration::from_secs(10)).await;
+    println!("exact everywhere {took:?} after the churn");
+    relay_exactly_once(&rc, &nodes, &all, &mut crowd, &subscribers, "failover").await;
+    // Late SUNSUBSCRIBEs, or a second round, would show by now.
+    assert_steady(&nodes, &crowd.truth(), Duration::from_secs(2)).await;
+    for (i, node) in nodes.iter().enumerate() {
+        let lines = resubscribes(node);
+        let after = &lines[before[i]..];
+        println!(
+            "{}: {} resubscribes after the failover",
+            node.node,
+            after.len()
+        );
+        assert!(
+            after.len() <= 2,
+            "{} subscribed afresh {} times for one failover:\n{}",
+            node.node,
+            after.len(),
+            after.join("\n")
+        );
+    }
     assert_no_crossslot(&rc, &nodes);
 }

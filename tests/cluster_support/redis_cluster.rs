@@ -34,11 +34,16 @@ pub struct RedisNode {
     pub bus: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// SIGSTOPped: the process lives and its sockets accept connections,
+    /// but it answers nothing (a hung server).
+    stopped: bool,
 }
 
 impl RedisNode {
+    /// Whether the server answers: started, and neither killed nor
+    /// stopped.
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.child.is_some() && !self.stopped
     }
 
     pub fn url(&self) -> String {
@@ -102,8 +107,9 @@ impl RedisNode {
         false
     }
 
-    /// SIGKILL, and reap it.
+    /// SIGKILL (a stopped process dies too), and reap it.
     pub fn kill(&mut self) {
+        self.stopped = false;
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -229,6 +235,7 @@ impl RedisCluster {
                 bus: 0,
                 dir: node_dir,
                 child: None,
+                stopped: false,
             };
             let mut up = false;
             for _ in 0..5 {
@@ -474,6 +481,27 @@ impl RedisCluster {
     /// SIGKILLs node `i`.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();
+    }
+
+    /// SIGSTOPs node `i`: it hangs with its connections open, as a server
+    /// that is stuck rather than dead (no client sees a connection drop).
+    pub fn stop(&mut self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+        self.nodes[i].stopped = true;
+    }
+
+    /// SIGCONTs node `i` after `stop`.
+    pub fn resume(&mut self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+        self.nodes[i].stopped = false;
+    }
+
+    fn signal(&self, i: usize, signal: libc::c_int) {
+        let child = self.nodes[i].child.as_ref().expect("a started redis node");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: kill(2) on our own child, which is not reaped yet.
+        let done = unsafe { libc::kill(pid, signal) };
+        assert_eq!(done, 0, "kill({pid}, {signal}) failed");
     }
 
     /// Starts node `i` again with its old ports and `nodes.conf`: it

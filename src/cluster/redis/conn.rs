@@ -14,6 +14,16 @@
 //! unsubscribed. A rebuild starts from the `--redis` seeds; when none of
 //! them answers (a single seed that was a master and failed over, say), it
 //! starts from the servers the cluster lists now.
+//!
+//! The cluster client learns a new topology only from what a server says
+//! (`MOVED`) or from a connection it sees drop. A master that hangs (stopped,
+//! swapping, a dead host whose packets vanish) says nothing and drops
+//! nothing: every request to it times out, for ever, even after the cluster
+//! has failed it over. So a request of ours that times out marks the command
+//! connection suspect, and `follow_topology` replaces it with a fresh one,
+//! which asks the cluster for its slots (`CLUSTER SLOTS`) and connects to the
+//! masters it names now; a hung server fails its handshake there and is left
+//! out. At most one reconnect a second, and only while requests time out.
 
 use super::RedisSetupError;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -21,10 +31,27 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{
     Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo,
-    RedisFuture, Value,
+    PushKind, RedisFuture, Value,
 };
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// A request unanswered this long, then given up by its caller, counts as
+/// timed out (every caller waits at least `COMMAND_TIMEOUT`, 500 ms; one
+/// dropped sooner was cancelled for another reason, shutdown say).
+const SUSPECT_AFTER: Duration = Duration::from_millis(400);
+/// Least time between two reconnects of the command connection: a hung
+/// master is failed over only after `cluster-node-timeout` (15 s by
+/// default), and until then every reconnect finds the same topology.
+const RECONNECT_GAP: Duration = Duration::from_secs(1);
+/// Longest a reconnect may take: the handshake with each server (a hung one
+/// fails it after the 500 ms connection timeout) and `CLUSTER SLOTS`.
+const RECONNECT_WITHIN: Duration = Duration::from_secs(3);
+/// Longest `CLUSTER NODES` may take when the servers are listed.
+const LIST_WITHIN: Duration = Duration::from_millis(500);
 
 /// What `--redis` names.
 pub enum Target {
@@ -96,14 +123,156 @@ fn strip_cluster_flag(url: &str) -> String {
 #[derive(Clone)]
 pub enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<ClusterCommands>),
+}
+
+/// The command connection to a Redis Cluster, replaced by
+/// `follow_topology` when its requests time out.
+pub struct ClusterCommands {
+    current: Mutex<Current>,
+    /// Wakes `follow_topology`: a request of the current connection timed
+    /// out.
+    wake: Notify,
+    /// The `--redis` seeds.
+    seeds: Vec<ConnectionInfo>,
+    /// The servers the cluster listed when last asked (not failing then),
+    /// so that a reconnect works when every seed hangs or is gone.
+    servers: Mutex<Vec<ConnectionInfo>>,
+}
+
+struct Current {
+    conn: ClusterConnection,
+    /// Counts replacements, so that a timeout on a connection already
+    /// replaced asks for nothing.
+    generation: u64,
+    /// A request of this connection timed out.
+    suspect: bool,
+}
+
+impl ClusterCommands {
+    fn current(&self) -> MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connection(&self) -> (u64, ClusterConnection) {
+        let current = self.current();
+        (current.generation, current.conn.clone())
+    }
+
+    /// A request on the connection of `generation` timed out.
+    fn suspect(&self, generation: u64) {
+        let mut current = self.current();
+        if current.generation == generation && !current.suspect {
+            current.suspect = true;
+            self.wake.notify_one();
+        }
+    }
+
+    fn servers(&self) -> Vec<ConnectionInfo> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Asks the cluster which servers it has now, and keeps the answer;
+    /// false when it cannot be had.
+    async fn learn_servers(&self) -> bool {
+        let (_, conn) = self.connection();
+        match tokio::time::timeout(LIST_WITHIN, known_nodes(conn, &self.seeds)).await {
+            Ok(Some(servers)) => {
+                *self.servers.lock().unwrap_or_else(|e| e.into_inner()) = servers;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The servers the cluster lists now, or (when it does not answer) the
+    /// ones it listed last; `None` when none are known.
+    async fn list_servers(&self) -> Option<Vec<ConnectionInfo>> {
+        self.learn_servers().await;
+        let servers = self.servers();
+        (!servers.is_empty()).then_some(servers)
+    }
+
+    /// A fresh connection from the seeds and the servers last listed, in
+    /// place of the current one once it works. Requests already under way
+    /// finish (or time out) on the old one, which closes after the last.
+    async fn reconnect(&self) -> redis::RedisResult<()> {
+        let mut nodes = self.seeds.clone();
+        for server in self.servers() {
+            if !nodes.iter().any(|n| n.addr() == server.addr()) {
+                nodes.push(server);
+            }
+        }
+        let client = cluster_client(&nodes, None)?;
+        let connect = client.get_async_connection_with_config(cluster_config());
+        let fresh = tokio::time::timeout(RECONNECT_WITHIN, connect)
+            .await
+            .map_err(|_| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no redis server answered within the reconnect timeout",
+                ))
+            })??;
+        let mut current = self.current();
+        current.conn = fresh;
+        current.generation += 1;
+        current.suspect = false;
+        Ok(())
+    }
+}
+
+/// Notes how a request of the cluster command connection ended: one its
+/// caller gave up on (timed out), or that failed by timing out, makes the
+/// connection suspect.
+struct Watch {
+    commands: Arc<ClusterCommands>,
+    generation: u64,
+    since: Instant,
+    ended: bool,
+}
+
+impl Watch {
+    fn start(commands: &Arc<ClusterCommands>, generation: u64) -> Watch {
+        Watch {
+            commands: commands.clone(),
+            generation,
+            since: Instant::now(),
+            ended: false,
+        }
+    }
+
+    fn ended<T>(mut self, reply: &redis::RedisResult<T>) {
+        self.ended = true;
+        if reply.as_ref().is_err_and(redis::RedisError::is_timeout) {
+            self.commands.suspect(self.generation);
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if !self.ended && self.since.elapsed() >= SUSPECT_AFTER {
+            self.commands.suspect(self.generation);
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(commands) => {
+                let (generation, mut conn) = commands.connection();
+                let watch = Watch::start(commands, generation);
+                Box::pin(async move {
+                    let reply = conn.req_packed_command(cmd).await;
+                    watch.ended(&reply);
+                    reply
+                })
+            }
         }
     }
 
@@ -115,14 +284,64 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(commands) => {
+                let (generation, mut conn) = commands.connection();
+                let watch = Watch::start(commands, generation);
+                Box::pin(async move {
+                    let reply = conn.req_packed_commands(pipeline, offset, count).await;
+                    watch.ended(&reply);
+                    reply
+                })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(_) => 0,
+        }
+    }
+}
+
+/// Keeps the cluster command connection on the cluster's current topology,
+/// until the task is dropped (nothing to do on a single Redis): lists the
+/// cluster's servers once it answers, and whenever a request timed out,
+/// connects afresh (at most once per `RECONNECT_GAP`).
+pub async fn follow_topology(conn: Conn) {
+    let Conn::Cluster(commands) = conn else {
+        return;
+    };
+    let mut listed = false;
+    loop {
+        if !listed {
+            listed = commands.learn_servers().await;
+        }
+        tokio::select! {
+            _ = commands.wake.notified() => {}
+            // Until the servers are listed, asked again every so often.
+            _ = tokio::time::sleep(RECONNECT_GAP), if !listed => continue,
+        }
+        if !commands.current().suspect {
+            continue;
+        }
+        let started = Instant::now();
+        tracing::info!("a redis request timed out: connecting afresh to the cluster as it is now");
+        match commands.reconnect().await {
+            Ok(()) => {
+                tracing::info!(took = ?started.elapsed(), "connected afresh to the redis cluster");
+                // The servers may have changed too.
+                listed = commands.learn_servers().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %super::describe(&e), "cannot connect afresh to the redis cluster yet")
+            }
+        }
+        tokio::time::sleep_until(started + RECONNECT_GAP).await;
+        // Timeouts of a connection that failed to be replaced ask again; a
+        // replaced one asks nothing.
+        if commands.current().suspect {
+            commands.wake.notify_one();
         }
     }
 }
@@ -177,10 +396,20 @@ pub enum Subscriber {
     Cluster {
         client: Box<ClusterClient>,
         conn: Option<ClusterConnection>,
-        /// The `--redis` seeds.
-        seeds: Vec<ConnectionInfo>,
         pushes: UnboundedSender<PushInfo>,
+        /// Connections given up so far (each followed by a `REPLACED`
+        /// marker on `pushes`).
+        replaced: u64,
     },
+}
+
+/// What the subscriber puts on its own push channel when it has given up a
+/// connection: every push before it came from a connection gone now.
+const REPLACED: &str = "headcount:subscriber-replaced";
+
+/// Whether `push` is the marker of a connection given up.
+pub fn is_replaced_marker(push: &PushInfo) -> bool {
+    matches!(&push.kind, PushKind::Other(kind) if kind == REPLACED)
 }
 
 /// The command connection and the subscriber for `target`. Nothing waits on
@@ -213,15 +442,25 @@ pub fn open(
         Target::Cluster(nodes) => {
             let commands = cluster_client(&nodes, None).map_err(RedisSetupError::Url)?;
             let conn = commands.get_pending_async_connection_with_config(cluster_config());
+            let commands = ClusterCommands {
+                current: Mutex::new(Current {
+                    conn,
+                    generation: 0,
+                    suspect: false,
+                }),
+                wake: Notify::new(),
+                seeds: nodes.clone(),
+                servers: Mutex::new(Vec::new()),
+            };
             let client =
                 cluster_client(&nodes, Some(pushes.clone())).map_err(RedisSetupError::Url)?;
             Ok((
-                Conn::Cluster(conn),
+                Conn::Cluster(Arc::new(commands)),
                 Subscriber::Cluster {
                     client: Box::new(client),
                     conn: None,
-                    seeds: nodes,
                     pushes,
+                    replaced: 0,
                 },
             ))
         }
@@ -243,6 +482,15 @@ impl Subscriber {
         matches!(self, Subscriber::Cluster { .. })
     }
 
+    /// How many connections this subscriber has given up (always 0 on a
+    /// single Redis, whose one connection manager reconnects by itself).
+    pub fn replaced(&self) -> u64 {
+        match self {
+            Subscriber::Single(_) => 0,
+            Subscriber::Cluster { replaced, .. } => *replaced,
+        }
+    }
+
     /// Subscribes to every channel (once on a single Redis: the manager
     /// resubscribes after reconnects; again after every rebuild on a
     /// Redis Cluster). `commands` lists the cluster's servers when no seed
@@ -262,12 +510,22 @@ impl Subscriber {
             Subscriber::Cluster {
                 client,
                 conn,
-                seeds,
                 pushes,
+                replaced,
             } => {
                 // The old connection goes first: two at once would deliver
-                // some messages twice.
+                // some messages twice. Whatever it (or an attempt that
+                // failed) queued before the marker is stale: one lost
+                // server says "unsubscribed" once per channel, and all of
+                // that is answered by this one new connection.
                 *conn = None;
+                *replaced += 1;
+                let marker = PushInfo {
+                    kind: PushKind::Other(REPLACED.to_owned()),
+                    data: Vec::new(),
+                };
+                // The listener holds the receiver for as long as this runs.
+                let _ = pushes.send(marker);
                 // The client's push sender carries over to the connection.
                 let mut fresh = match client
                     .get_async_connection_with_config(cluster_config())
@@ -277,7 +535,10 @@ impl Subscriber {
                     Err(e) => {
                         // No seed answers: start from the servers the
                         // cluster lists now (kept for later rebuilds too).
-                        let Some(known) = known_nodes(commands, seeds).await else {
+                        let Conn::Cluster(commands) = commands else {
+                            return Err(e);
+                        };
+                        let Some(known) = commands.list_servers().await else {
                             return Err(e);
                         };
                         tracing::info!(
@@ -301,13 +562,14 @@ impl Subscriber {
     }
 }
 
-/// The servers the cluster lists now (`CLUSTER NODES` through the command
-/// connection), less those known to be failing, each with the settings of
-/// the first seed (password, TLS, protocol); `None` when the question
-/// cannot be answered.
-async fn known_nodes(commands: &Conn, seeds: &[ConnectionInfo]) -> Option<Vec<ConnectionInfo>> {
+/// The servers the cluster lists now (`CLUSTER NODES` through `conn`),
+/// less those known to be failing, each with the settings of the first seed
+/// (password, TLS, protocol); `None` when the question cannot be answered.
+async fn known_nodes(
+    mut conn: ClusterConnection,
+    seeds: &[ConnectionInfo],
+) -> Option<Vec<ConnectionInfo>> {
     let template = seeds.first()?;
-    let mut conn = commands.clone();
     let mut cmd = redis::cmd("CLUSTER");
     cmd.arg("NODES");
     let listing: String = cmd.query_async(&mut conn).await.ok()?;
@@ -380,6 +642,25 @@ mod tests {
                 (None, 30005),
             ]
         );
+    }
+
+    #[test]
+    fn the_marker_of_a_replaced_subscriber_is_no_push_redis_sends() {
+        let marker = PushInfo {
+            kind: PushKind::Other(REPLACED.to_owned()),
+            data: Vec::new(),
+        };
+        assert!(is_replaced_marker(&marker));
+        for kind in [
+            PushKind::SUnsubscribe,
+            PushKind::Disconnection,
+            PushKind::Other("sunsubscribe".to_owned()),
+        ] {
+            assert!(!is_replaced_marker(&PushInfo {
+                kind,
+                data: Vec::new()
+            }));
+        }
     }
 
     #[test]

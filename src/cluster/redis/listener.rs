@@ -8,7 +8,7 @@
 //! Redis Cluster it also watches for a sharded subscription lost without a
 //! word, and makes it afresh.
 
-use super::conn::{Channels, Subscriber};
+use super::conn::{self, Channels, Subscriber};
 use super::{relay, sync, wire, RedisBackend};
 use crate::cluster::keys::Carries;
 use crate::cluster::view::{Delta, Gap, Heard};
@@ -58,6 +58,10 @@ struct Listener {
     round: Option<HashSet<String>>,
     /// The subscription was lost; the next confirmation starts a round.
     lost: bool,
+    /// Markers of given-up subscriber connections read so far: while fewer
+    /// than the subscriber has given up, pushes come from a connection
+    /// already replaced (Redis Cluster).
+    replaced_seen: u64,
     /// Quiet nodes whose last write was asked of Redis, and when; a node
     /// is forgotten here once it is heard again or leaves the view.
     asked: HashMap<Arc<str>, Instant>,
@@ -87,6 +91,7 @@ pub async fn run(
         reading: HashMap::new(),
         round: None,
         lost: false,
+        replaced_seen: 0,
         rebuild: false,
         own_heard: Instant::now(),
         rebuilt: Instant::now(),
@@ -248,7 +253,18 @@ impl Listener {
     }
 
     fn on_push(&mut self, push: PushInfo) {
+        if conn::is_replaced_marker(&push) {
+            self.replaced_seen += 1;
+            return;
+        }
+        // What a replaced connection says of itself (lost, unsubscribed)
+        // was answered by the subscription made since: a failover ends a
+        // sharded subscription once per channel, and one fresh subscription
+        // answers them all. Its messages still count: they were sent before
+        // and are not sent again.
+        let stale = self.replaced_seen < self.sub.replaced();
         match push.kind {
+            PushKind::Disconnection | PushKind::SUnsubscribe if stale => {}
             PushKind::Disconnection => {
                 self.lost = true;
                 self.redis.synced.store(false, Ordering::SeqCst);
@@ -492,15 +508,18 @@ fn quiet_limit(ttl_ms: u64) -> Duration {
     (super::writer::refresh_period(ttl_ms) * 5 / 2).max(Duration::from_millis(500))
 }
 
-/// Whether Redis holds a write of a quiet node that never arrived here: a
-/// later one of the process last heard, or one of another process under the
-/// node's name. A node publishes a delta right after each write, so the
-/// delta was lost on its way: the subscription (or the partition itself)
-/// failed. A node that died wrote nothing after its last delta, but for the
-/// one write it may have made just before dying without publishing it: then
-/// this is one needless resubscribe, as every dead node caused before.
+/// Whether Redis holds writes of a quiet node that never arrived here: two
+/// or more after the last one heard of its process, or one of another
+/// process under the node's name. A node publishes a delta right after each
+/// write, so the deltas were lost on their way: the subscription (or the
+/// partition itself) failed. One unheard write is no proof: a node killed
+/// between a write and its delta leaves one (as a rule), and subscribing
+/// afresh for a dead node would cost the live ones relayed messages (the
+/// old subscription is closed before the new one is made). A live node
+/// writes at least once a write period, so by the time its partition
+/// counts as quiet (two and a half periods) it has written twice.
 fn wrote_unheard(heard: &Heard, written: Option<&sync::LastWrite>) -> bool {
-    written.is_some_and(|w| *w.origin != *heard.origin || w.seq > heard.seq)
+    written.is_some_and(|w| *w.origin != *heard.origin || w.seq > heard.seq.saturating_add(1))
 }
 
 /// How often silent nodes are looked for: fine enough that one leaves the
@@ -532,6 +551,8 @@ mod tests {
     fn a_node_that_died_after_its_last_delta_shows_no_lost_subscription() {
         let last = heard("b/1", 7);
         assert!(!wrote_unheard(&last, written("b/1", 7).as_ref()));
+        // Killed after a write, before its delta.
+        assert!(!wrote_unheard(&last, written("b/1", 8).as_ref()));
         // Its snapshot expired, or it left.
         assert!(!wrote_unheard(&last, None));
         // A snapshot behind the view (read before a delta) is no news.
@@ -541,7 +562,7 @@ mod tests {
     #[test]
     fn a_node_that_kept_writing_unheard_shows_a_lost_subscription() {
         let last = heard("b/1", 7);
-        assert!(wrote_unheard(&last, written("b/1", 8).as_ref()));
+        assert!(wrote_unheard(&last, written("b/1", 9).as_ref()));
         assert!(wrote_unheard(&last, written("b/1", 12).as_ref()));
         // Restarted under the same name, its full delta never arrived.
         assert!(wrote_unheard(&last, written("b/2", 1).as_ref()));

@@ -268,8 +268,9 @@ impl RedisBackend {
         Ok(backend)
     }
 
-    /// Starts the writer, the listener and the relay, each ending when
-    /// `stop` is cancelled.
+    /// Starts the writer, the listener, the relay, the probe and (on a Redis
+    /// Cluster) the task that keeps the command connection on the cluster's
+    /// topology, each ending when `stop` is cancelled.
     pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker, stop: &CancellationToken) {
         let taken = self
             .pending
@@ -286,6 +287,7 @@ impl RedisBackend {
         until_stopped(Box::pin(relay::publish(self.clone(), relay)));
         until_stopped(Box::pin(listener::run(self.clone(), sub, pushes)));
         until_stopped(Box::pin(probe(self.clone())));
+        until_stopped(Box::pin(conn::follow_topology(self.conn.clone())));
     }
 
     pub fn access(&self) -> RedisAccess {
