@@ -112,9 +112,10 @@ summary() { # summary OUT: medians (and the rounds' values) of every figure
     med "rc-failover-*" .wrong_answers
     med "rc-failover-*" .exact
   fi
-  for k in local cluster single; do
+  for k in cluster-sat single-sat cluster-paced single-paced local; do
     ls "$OUT"/relay-$k-*.json >/dev/null 2>&1 || continue
     med "relay-$k-*" .messages_per_s
+    med "relay-$k-*" '(.deliveries_per_s / .subscribers | round)'
     med "relay-$k-*" .deliveries_per_s
     med "relay-$k-*" .lost
     med "relay-$k-*" .duplicates
@@ -122,7 +123,7 @@ summary() { # summary OUT: medians (and the rounds' values) of every figure
     med "relay-$k-*" .latency.p99_us
   done
   if ls "$OUT"/relay-cluster-*.json >/dev/null 2>&1; then
-    # Per-round ratio, sharded over single (rounds run back to back).
+    # Per-round ratio, sharded over single (the two run back to back).
     for f in "$OUT"/relay-cluster-*.json; do
       s=${f/relay-cluster-/relay-single-}
       [ -s "$f" ] && [ -s "$s" ] || continue
@@ -392,12 +393,19 @@ for phase in $PHASES; do
         spids+=("$LAST_PID")
       done
       cluster_size_is 2 127.0.0.1:$sbase 127.0.0.1:$((sbase + 1))
-      FAN=(--sockets 1000 --messages 10000 --publishers 8 --timeout 300)
+      FAN=(--sockets ${RELAY_SOCKETS:-100} --messages ${RELAY_MESSAGES:-20000} --publishers 8 --timeout 300)
+      # sat: published as fast as the publishing node accepts (past what
+      # the relay carries: its bounded queue drops, counted as lost);
+      # paced: RELAY_RATE messages/s.
       for r in $(seq "$ROUNDS"); do
-        bench "relay-cluster-$r" fanout --url "${rcurls[0]}" --publish-url "${rcurls[1]}" \
-          --server-pid "${rcpids[0]}" "${FAN[@]}"
-        bench "relay-single-$r" fanout --url "127.0.0.1:$sbase" --publish-url "127.0.0.1:$((sbase + 1))" \
-          --server-pid "${spids[0]}" "${FAN[@]}"
+        for pace in sat paced; do
+          P=()
+          [ $pace = paced ] && P=(--publish-rate "${RELAY_RATE:-5000}")
+          bench "relay-cluster-$pace-$r" fanout --url "${rcurls[0]}" --publish-url "${rcurls[1]}" \
+            --server-pid "${rcpids[0]}" "${FAN[@]}" "${P[@]}"
+          bench "relay-single-$pace-$r" fanout --url "127.0.0.1:$sbase" \
+            --publish-url "127.0.0.1:$((sbase + 1))" --server-pid "${spids[0]}" "${FAN[@]}" "${P[@]}"
+        done
         bench "relay-local-$r" fanout --url "${rcurls[0]}" --server-pid "${rcpids[0]}" "${FAN[@]}"
       done
       stop_nodes "${spids[@]}"
