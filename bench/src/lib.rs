@@ -163,6 +163,11 @@ pub struct BenchArgs {
     /// fanout: publish requests in flight (HTTP connections or client sockets).
     #[arg(long, default_value_t = 1, help_heading = "fanout")]
     pub publishers: usize,
+    /// fanout: publish through this node instead of --url (loopback; HTTP
+    /// posts, or the client publishers' sockets), so that every message
+    /// reaches the subscribers through the cluster's relay.
+    #[arg(long, help_heading = "fanout")]
+    pub publish_url: Option<String>,
     /// query: what to ask for.
     #[arg(long, value_enum, default_value_t = QueryEvent::Local, help_heading = "query")]
     pub event: QueryEvent,
@@ -273,6 +278,7 @@ webhooks stay within the default limits):
   headcount bench hold --url 127.0.0.1:4000 --sockets 5000 --rate 1000
   headcount bench hold --url 127.0.0.1:4000 --token-secret S --token-in protocol
   headcount bench fanout --url 127.0.0.1:4000 --sockets 10000 --messages 300
+  headcount bench fanout --url 127.0.0.1:4001 --publish-url 127.0.0.1:4002 --sockets 10000 --messages 300
   headcount bench query --url 127.0.0.1:4000 --topics 10000 --event cluster --limit 100
   headcount bench query --url 127.0.0.1:4000 --topics 10000 --event occupancy --topics-per-query 10
   headcount bench churn --url 127.0.0.1:4000 --cycles 100000 --topics 10

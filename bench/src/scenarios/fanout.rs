@@ -37,8 +37,13 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
         _ => None,
     };
 
-    // Publishers: HTTP connections, or client sockets joined to the topic.
-    let target = ep.target();
+    // Publishers: HTTP connections, or client sockets joined to the topic;
+    // on --publish-url's node if given (then every message is relayed).
+    let pub_ep = match &args.publish_url {
+        Some(url) => crate::endpoint(url).await?,
+        None => ep.clone(),
+    };
+    let target = pub_ep.target();
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let rate_limited = Arc::new(AtomicU64::new(0));
@@ -55,7 +60,7 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
             target.clone(),
             topic.clone(),
         );
-        let (mode, rate, addr) = (args.publish, args.publish_rate, ep.addr);
+        let (mode, rate, addr) = (args.publish, args.publish_rate, pub_ep.addr);
         let mut ws = match mode {
             Publish::Client => Some(
                 worker::open_joined(&target, None, std::slice::from_ref(&topic))
@@ -164,6 +169,7 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
         Ok(json!({
             "scenario": "fanout",
             "url": args.url[0],
+            "publish_url": args.publish_url.as_deref().unwrap_or(&args.url[0]),
             "topic": topic,
             "subscribers": subscribers,
             "members_seen_by_server": members_before,
@@ -197,6 +203,13 @@ pub(super) fn summary(r: &Value, line: &mut impl FnMut(String)) {
         "fanout: {} subscribers on {}, {} messages via {} ({} publisher(s))",
         r["subscribers"], r["topic"], r["messages"], r["publish"], r["publishers"]
     ));
+    if r["publish_url"] != r["url"] {
+        line(format!(
+            "  published through {} (relayed to {})",
+            r["publish_url"].as_str().unwrap_or(""),
+            r["url"].as_str().unwrap_or("")
+        ));
+    }
     line(format!(
         "  published in {} s ({} msg/s), errors {} (rate limited {})",
         r["publish_s"], r["messages_per_s"], r["publish_errors"], r["publish_rate_limited"]
