@@ -4,7 +4,7 @@
 # every bench bounded by --timeout and every node stopped on exit.
 #
 #   scripts/bench-wave-a.sh OUT [ROUNDS]   # BIN: cargo's release build unless set
-#   PARTS="occ query redis mem token flood" picks parts (default: all)
+#   PARTS="occ query redis mem token tokenrate flood" picks parts (default: all)
 #
 # Issue 10 (6 nodes, one Redis, per-socket limits raised as in bench-cluster.sh):
 #   occ    bench occupancy: 15,000 watchers on 10,000 topics over 6 nodes,
@@ -24,16 +24,20 @@
 #          their own ("distinct"); node 1's RSS before and once its cluster
 #          stats show all 500,000 memberships: bytes per (node, topic) entry
 # Issue 11 (one node each, no Redis):
-#   token  fresh node without auth and fresh node with --auth-secret, both
-#          with limits raised: bench hold 18,000 sockets (HS256 token per
-#          socket on the second); connect+join rate and RSS per socket
-#   flood  fresh node with the DEFAULT per-socket limits, then one with them
-#          raised: bench hold 5,000 sockets at 1,000/s, without and with
-#          --flood-joins 10000 (one socket sending 10,000 joins/s meanwhile)
+#   token  ROUNDS × (fresh node without auth, fresh node with --auth-secret),
+#          limits raised: bench hold 18,000 sockets (an HS256 token per
+#          socket on the second); RSS per socket, connect+join rate
+#   tokenrate  the same two kinds of node, standing: PAIRS alternating pairs
+#          of bench hold 10,000 sockets, for the rate ratio within each pair
+#   flood  a node with the DEFAULT per-socket limits, then one with them
+#          raised: PAIRS alternating pairs of bench hold 5,000 sockets at
+#          1,000/s without and with --flood-joins 10000 (one socket sending
+#          10,000 joins/s meanwhile); join p99 of the 5,000 in each
 set -euo pipefail
 OUT=${1:-/tmp/headcount-bench-wave-a}
 ROUNDS=${2:-3}
-PARTS=${PARTS:-occ query redis mem token flood}
+PAIRS=${PAIRS:-6}   # tokenrate and flood: alternating pairs on one node
+PARTS=${PARTS:-occ query redis mem token tokenrate flood}
 BIN=${BIN:-$(cargo metadata --format-version 1 --no-deps |
   grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)/release/headcount}
 mkdir -p "$OUT"
@@ -116,9 +120,9 @@ if has occ || has query || has redis; then
       log "query round $r"
       bench query "${Q[@]}" --event local --duration 5 >"$OUT/query-local-full-$r.json"
       bench query "${Q[@]}" --event cluster --duration 5 >"$OUT/query-cluster-full-$r.json"
-      bench query "${Q[@]}" --event local --limit 10 --askers 8 --duration 5 >"$OUT/query-local-l10-$r.json"
-      bench query "${Q[@]}" --event cluster --limit 10 --askers 8 --duration 5 >"$OUT/query-cluster-l10-$r.json"
-      bench query "${Q[@]}" --event occupancy --topics-per-query 10 --askers 8 --duration 5 >"$OUT/query-occ10-$r.json"
+      bench query "${Q[@]}" --event local --limit 10 --askers 4 --duration 5 >"$OUT/query-local-l10-$r.json"
+      bench query "${Q[@]}" --event cluster --limit 10 --askers 4 --duration 5 >"$OUT/query-cluster-l10-$r.json"
+      bench query "${Q[@]}" --event occupancy --topics-per-query 10 --askers 4 --duration 5 >"$OUT/query-occ10-$r.json"
     done
     for p in "${holds[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     sleep 3
@@ -200,17 +204,43 @@ if has token; then
     stop_nodes
   done
 fi
+# Pairs measured on the same node, in alternating order (ABBA…), so drift
+# of the shared machine's load falls on both sides of each ratio.
+if has tokenrate; then
+  npids=(); urls=()
+  start_node "wr$$-plain" "${NO_LIMITS[@]}"
+  start_node "wr$$-hs256" --auth-secret "$SECRET" "${NO_LIMITS[@]}"
+  for p in $(seq "$PAIRS"); do
+    for side in $([ $((p % 2)) = 1 ] && echo "plain hs256" || echo "hs256 plain"); do
+      log "token rate pair $p: $side"
+      if [ "$side" = plain ]; then
+        bench hold --url "${urls[0]}" --sockets 10000 --hold 1 --settle 0 --server-pid "${npids[0]}" \
+          --timeout 120 >"$OUT/rate10k-plain-$p.json"
+      else
+        bench hold --url "${urls[1]}" --sockets 10000 --hold 1 --settle 0 --server-pid "${npids[1]}" \
+          --token-secret "$SECRET" --timeout 120 >"$OUT/rate10k-hs256-$p.json"
+      fi
+      sleep 2
+    done
+  done
+  stop_nodes
+fi
 if has flood; then
   for limits in default raised; do
-    for r in $(seq "$ROUNDS"); do
-      log "flood ($limits limits) round $r"
-      if [ "$limits" = default ]; then single "wf$$-$limits-$r"; else single "wf$$-$limits-$r" "${NO_LIMITS[@]}"; fi
-      H=(--url "${urls[0]}" --sockets 5000 --rate 1000 --hold 0 --settle 0 --server-pid "${npids[0]}" --timeout 120)
-      bench hold "${H[@]}" >"$OUT/flood-$limits-none-$r.json"
-      sleep 2
-      bench hold "${H[@]}" --flood-joins 10000 >"$OUT/flood-$limits-10k-$r.json"
-      stop_nodes
+    if [ "$limits" = default ]; then single "wf$$-$limits"; else single "wf$$-$limits" "${NO_LIMITS[@]}"; fi
+    H=(--url "${urls[0]}" --sockets 5000 --rate 1000 --hold 0 --settle 0 --server-pid "${npids[0]}" --timeout 120)
+    for p in $(seq "$PAIRS"); do
+      for side in $([ $((p % 2)) = 1 ] && echo "none 10k" || echo "10k none"); do
+        log "flood ($limits limits) pair $p: $side"
+        if [ "$side" = none ]; then
+          bench hold "${H[@]}" >"$OUT/flood-$limits-none-$p.json"
+        else
+          bench hold "${H[@]}" --flood-joins 10000 >"$OUT/flood-$limits-10k-$p.json"
+        fi
+        sleep 2
+      done
     done
+    stop_nodes
   done
 fi
 log "done: $OUT"
