@@ -278,6 +278,7 @@ occupancy also raise its per-socket limits: --max-messages-per-second,
 webhooks stay within the default limits):
   headcount bench hold --url 127.0.0.1:4000 --sockets 5000 --rate 1000
   headcount bench hold --url 127.0.0.1:4000 --token-secret S --token-in protocol
+  headcount bench hold --url 127.0.0.1:4000 --sockets 5000 --rate 1000 --hold 0 --flood-joins 10000
   headcount bench fanout --url 127.0.0.1:4000 --sockets 10000 --messages 300
   headcount bench query --url 127.0.0.1:4000 --topics 10000 --event cluster --limit 100
   headcount bench query --url 127.0.0.1:4000 --topics 10000 --event occupancy --topics-per-query 10

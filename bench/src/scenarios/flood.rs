@@ -164,7 +164,10 @@ mod tests {
     #[test]
     fn replies_are_counted_by_status() {
         let mut f = Flooded::default();
-        f.frame(OP_TEXT, br#"["f1","f1","bench:flood-1","phx_reply",{"status":"ok","response":{}}]"#);
+        f.frame(
+            OP_TEXT,
+            br#"["f1","f1","bench:flood-1","phx_reply",{"status":"ok","response":{}}]"#,
+        );
         f.frame(OP_TEXT, br#"["f2","f2","bench:flood-2","phx_reply",{"status":"error","response":{"reason":"rate limited"}}]"#);
         f.frame(OP_TEXT, br#"["f3","f3","bench:flood-3","phx_reply",{"status":"error","response":{"reason":"too many topics"}}]"#);
         f.frame(OP_TEXT, br#"["f1",null,"bench:flood-1","phx_close",{}]"#);
