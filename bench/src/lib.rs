@@ -145,6 +145,12 @@ pub struct BenchArgs {
     /// `base64url.bearer.phx.<base64>` subprotocol as phoenix.js sends it.
     #[arg(long, value_enum, default_value_t = TokenIn::Query, help_heading = "hold")]
     pub token_in: TokenIn,
+    /// hold: one more socket sends `phx_join` at this many frames per second
+    /// while the held sockets connect and join (0 = none), to see what a
+    /// join flood costs the others' join latency; it reconnects when the node
+    /// closes it, and its replies are counted (ok, rate limited, errors).
+    #[arg(long, default_value_t = 0.0, help_heading = "hold")]
+    pub flood_joins: f64,
     /// Worker processes (0 = one per 15,000 sockets). 1 runs in this process.
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
@@ -277,6 +283,7 @@ occupancy also raise its per-socket limits: --max-messages-per-second,
 webhooks stay within the default limits):
   headcount bench hold --url 127.0.0.1:4000 --sockets 5000 --rate 1000
   headcount bench hold --url 127.0.0.1:4000 --token-secret S --token-in protocol
+  headcount bench hold --url 127.0.0.1:4000 --sockets 5000 --rate 1000 --hold 0 --flood-joins 10000
   headcount bench fanout --url 127.0.0.1:4000 --sockets 10000 --messages 300
   headcount bench fanout --url 127.0.0.1:4001 --publish-url 127.0.0.1:4002 --sockets 10000 --messages 300
   headcount bench query --url 127.0.0.1:4000 --topics 10000 --event cluster --limit 100

@@ -3,7 +3,7 @@
 //! server (counts, RSS) from open to after close.
 
 use super::measure::{brief, counts, counts_until, quiet_counts, rss, Cpu, NO_STATS};
-use super::pool::{bar, specs_for, worker_count, Pool};
+use super::pool::{bar, specs_for, token_spec, worker_count, Pool};
 use super::report::{cpu_line, kib, lat_line, round3};
 use crate::worker::{Command, Kind};
 use crate::{BenchArgs, BenchError, Endpoint};
@@ -17,9 +17,29 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
     let workers = worker_count(args, n);
     let base = quiet_counts(ep).await?;
     let rss_before = rss(args);
+    // The flooder (--flood-joins) starts first and stops once every held
+    // socket is open: it floods through the whole connect+join phase.
+    let (flood_stop, flood_rx) = tokio::sync::watch::channel(false);
+    let flooder = (args.flood_joins > 0.0).then(|| {
+        tokio::spawn(super::flood::run(
+            ep.target(),
+            args.topic_prefix.clone(),
+            args.flood_joins,
+            token_spec(args),
+            flood_rx,
+        ))
+    });
+    if flooder.is_some() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut pool = Pool::start(specs_for(args, ep, Kind::Hold, n, workers)).await?;
     let cpu = Cpu::now(args, &pool);
     let mut open = pool.opened(n as u64, "connect+join").await?;
+    let _ = flood_stop.send(true);
+    let flood = match flooder {
+        Some(h) => Some(h.await.map_err(super::failed)?),
+        None => None,
+    };
     let opened = open["opened"].as_u64().unwrap_or(0);
     let secs = open["seconds"].as_f64().unwrap_or(0.0);
     open["cpu"] = cpu.since(args, &pool, opened, secs);
@@ -86,6 +106,7 @@ pub(super) async fn run(args: &BenchArgs, ep: &Endpoint) -> Result<Value, BenchE
             "topics": args.token_topics,
         })),
         "open": open,
+        "flood": flood,
         "alive_at_end": alive,
         "server": {
             "stats": if base.is_some() { Value::from("GET /api/stats") } else { Value::from(NO_STATS) },
@@ -134,6 +155,13 @@ pub(super) fn summary(r: &Value, line: &mut impl FnMut(String)) {
         line(format!(
             "  errors: {} (rate limited: {})",
             o["errors"], o["rate_limited"]
+        ));
+    }
+    if let Some(f) = r["flood"].as_object() {
+        line(format!(
+            "  flood: {} joins sent ({}/s, target {}/s) over {} s: ok {}, rate limited {}, errors {}, skipped {}, closed by server {}",
+            f["sent"], f["sent_per_s"], f["rate_target"], f["seconds"], f["replies_ok"],
+            f["rate_limited"], f["errors"], f["skipped"], f["closed_by_server"]
         ));
     }
     line(format!(

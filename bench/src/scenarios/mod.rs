@@ -10,6 +10,7 @@ mod churn;
 mod churning;
 mod cluster;
 mod fanout;
+mod flood;
 mod hold;
 mod listen;
 mod measure;
@@ -154,6 +155,12 @@ fn check_bounds(args: &BenchArgs) -> Result<(), BenchError> {
     }
     if args.topic.is_some() && (args.scenario != Scenario::Hold || args.topics_per_socket != 1) {
         return bad("--topic: for hold, with one topic per socket");
+    }
+    if !(0.0..=100_000.0).contains(&args.flood_joins) {
+        return bad("--flood-joins: 0 to 100,000 per second");
+    }
+    if args.flood_joins > 0.0 && args.scenario != Scenario::Hold {
+        return bad("--flood-joins: for hold");
     }
     if args.token_secret.as_deref() == Some("") {
         return bad("--token-secret must not be empty");
