@@ -10,8 +10,10 @@ use headcount::config::{Config, LogFormat, ServeArgs};
 use headcount::Server;
 use std::io::Write as _;
 
-// Optional allocators, to compare how much memory each gives back after
-// sockets close (BENCHMARKS.md); the default is the system allocator.
+// The allocator: jemalloc by default (it holds idle sockets in the fewest
+// bytes and gives the most back after they close, BENCHMARKS.md); glibc's
+// with `--no-default-features`, mimalloc with `--features mimalloc`, to
+// compare.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

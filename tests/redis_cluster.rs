@@ -1058,28 +1058,9 @@ async fn killed_master(key: &str, seed: Option<usize>) {
         rc.nodes[victim].port,
         on_master(&rc, victim)
     );
-    // Redis's own failover, watched from a running server.
-    let watch_port = rc.nodes[(victim + 1) % 6].port;
-    let victim_port = rc.nodes[victim].port;
     rc.kill(victim);
     let killed = Instant::now();
-    let promoted = std::thread::spawn(move || loop {
-        let owner = cluster_support::resp_command(watch_port, &["CLUSTER", "NODES"])
-            .ok()
-            .and_then(|t| {
-                cluster_support::redis_cluster::parse_nodes(&t)
-                    .into_iter()
-                    .find(|l| l.is_master() && !l.failing() && l.owns(slot))
-            })
-            .map(|l| l.port);
-        if owner.is_some_and(|p| p != victim_port) {
-            return Some(killed.elapsed());
-        }
-        if killed.elapsed() > Duration::from_secs(30) {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    });
+    let promoted = watch_promotion(&rc, victim, slot, killed);
 
     // Every node answers degraded within a second (each answer itself
     // within a second), with its own exact figures.
@@ -1340,28 +1321,9 @@ async fn hung_master(key: &str, seed: Option<usize>) {
         .iter()
         .map(|n| rc.master_of(&format!("{PREFIX}:{{{}}}:meta", n.node)) == Some(victim))
         .collect();
-    // Redis's own failover, watched from a running server.
-    let watch_port = rc.nodes[(victim + 1) % 6].port;
-    let victim_port = rc.nodes[victim].port;
     rc.stop(victim);
     let stopped = Instant::now();
-    let promoted = std::thread::spawn(move || loop {
-        let owner = cluster_support::resp_command(watch_port, &["CLUSTER", "NODES"])
-            .ok()
-            .and_then(|t| {
-                cluster_support::redis_cluster::parse_nodes(&t)
-                    .into_iter()
-                    .find(|l| l.is_master() && !l.failing() && l.owns(slot))
-            })
-            .map(|l| l.port);
-        if owner.is_some_and(|p| p != victim_port) {
-            return Some(stopped.elapsed());
-        }
-        if stopped.elapsed() > Duration::from_secs(30) {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    });
+    let promoted = watch_promotion(&rc, victim, slot, stopped);
 
     // A node whose snapshot the stopped server holds cannot write it:
     // degraded soon (a probe times out after 500 ms), answering with its own
@@ -1555,4 +1517,34 @@ async fn redis_cluster_a_manual_failover_resubscribes_each_node_once() {
         );
     }
     assert_no_crossslot(&rc, &nodes);
+}
+
+/// Redis's own failover of `victim` (killed or stopped at `since`), watched
+/// from a running server: how long after `since` another master owned
+/// `slot`, or `None` after 30 s.
+fn watch_promotion(
+    rc: &RedisCluster,
+    victim: usize,
+    slot: u16,
+    since: Instant,
+) -> std::thread::JoinHandle<Option<Duration>> {
+    let watch_port = rc.nodes[(victim + 1) % 6].port;
+    let victim_port = rc.nodes[victim].port;
+    std::thread::spawn(move || loop {
+        let owner = cluster_support::resp_command(watch_port, &["CLUSTER", "NODES"])
+            .ok()
+            .and_then(|t| {
+                cluster_support::redis_cluster::parse_nodes(&t)
+                    .into_iter()
+                    .find(|l| l.is_master() && !l.failing() && l.owns(slot))
+            })
+            .map(|l| l.port);
+        if owner.is_some_and(|p| p != victim_port) {
+            return Some(since.elapsed());
+        }
+        if since.elapsed() > Duration::from_secs(30) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    })
 }
