@@ -70,9 +70,17 @@ pub struct Member {
     /// Joined with `occupancy: true`: gets the topic's `occupancy` pushes.
     pub occupancy: bool,
     /// A fingerprint of the occupancy figures this member was last sent
-    /// (0: none), so that nobody is sent the same figures twice.
+    /// (0: none), so that nobody is sent the same figures twice; `JOINING`
+    /// until its join's own pushes are out.
     pub seen: u32,
 }
+
+/// A member's `seen` from its insertion until its join's own pushes have
+/// been queued (after the join reply): figures are not pushed to it
+/// meanwhile — a push then would come before the reply, or repeat the
+/// figures its own push carries (which are at least as new). Never a
+/// fingerprint (those are odd) nor 0.
+pub const JOINING: u32 = 2;
 
 #[derive(Default)]
 struct Topic {
@@ -500,7 +508,7 @@ impl Registry {
         let mut encoded: [Option<Bytes>; 2] = [None, None];
         let mut delivered = 0;
         for member in entry.members.values_mut() {
-            if !(everyone || member.occupancy) || member.seen == seen {
+            if !(everyone || member.occupancy) || member.seen == seen || member.seen == JOINING {
                 continue;
             }
             member.seen = seen;
@@ -528,7 +536,8 @@ impl Registry {
     }
 
     /// Notes that socket `socket`'s member of `topic` was sent the
-    /// occupancy figures `seen` (its first push, right after its join).
+    /// occupancy figures `seen` (its first push, right after its join; 0
+    /// when its join sent none), which ends its `JOINING`.
     pub fn set_seen(&self, topic: &str, socket: u64, seen: u32) {
         if let Some(entry) = self.shard(topic).topics.get_mut(topic) {
             if let Some(member) = entry.members.get_mut(&socket) {
@@ -757,6 +766,25 @@ mod tests {
         r.set_seen("w", 1, 8);
         assert_eq!(r.publish_figures("w", 8, "{}", false), 0);
         assert_eq!(r.publish_figures("w", 9, "{}", true), 1);
+    }
+
+    #[test]
+    fn a_joining_member_gets_no_figures_until_its_own_are_out() {
+        let r = Registry::new("n", 100, false);
+        let o = Arc::new(Outbox::new(8, 1 << 20));
+        let mut watcher = member(&o, Vsn::V2, Tag::Plain);
+        watcher.occupancy = true;
+        watcher.seen = JOINING;
+        let _w = r.join("w", 1, watcher).unwrap();
+        let mut plain = member(&o, Vsn::V2, Tag::Plain);
+        plain.seen = JOINING;
+        let _p = r.join("w", 2, plain).unwrap();
+        assert_eq!(r.publish_figures("w", 7, "{}", false), 0, "joining");
+        assert_eq!(r.publish_figures("w", 7, "{}", true), 0, "joining");
+        r.set_seen("w", 1, 7);
+        r.set_seen("w", 2, 0);
+        assert_eq!(r.publish_figures("w", 7, "{}", true), 1, "only the other");
+        assert_eq!(r.publish_figures("w", 9, "{}", false), 1, "the watcher");
     }
 
     #[test]

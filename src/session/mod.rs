@@ -12,7 +12,7 @@ use crate::metrics::{FrameRejection, JoinRejection};
 use crate::outbox::{CloseReason, Outbox};
 use crate::presence::{self, Tracked};
 use crate::protocol::{self, reason, Inbound, JsonRef, Malformed, Vsn};
-use crate::registry::{JoinError, Member, Membership, SocketSlot};
+use crate::registry::{JoinError, Member, Membership, SocketSlot, JOINING};
 use crate::transport::codec::{self, close, WsMessage};
 use crate::transport::connection::{Connection, Goodbye, ReadError, Socket};
 use std::sync::Arc;
@@ -444,7 +444,10 @@ impl Session {
             vsn: self.vsn,
             tag: wants.tag,
             occupancy: wants.occupancy,
-            seen: 0,
+            // Until `after_join` below: the occupancy task, woken by this
+            // join, must not push figures before the reply or repeat the
+            // joiner's own.
+            seen: JOINING,
         };
         let membership = match ctx.registry.join(&m.topic, self.slot.id(), member) {
             Ok(membership) => membership,

@@ -419,8 +419,8 @@ pub async fn deliver(ctx: Arc<Ctx>, store: Arc<Store>) {
         }
         if lost_reads && unacked.is_empty() {
             match store.unacknowledged(BATCH).await {
-                Ok(events) => {
-                    lost_reads = events.len() >= BATCH;
+                Ok((events, more)) => {
+                    lost_reads = more;
                     batch = events;
                 }
                 Err(why) => complain(&complaints, &why),

@@ -503,10 +503,11 @@ impl Store {
     /// Redis, stalled, still held the command, and ran it on waking — left
     /// its events pending under this node's name, where no `next` finds
     /// them again. Read back (from the oldest) instead of waiting for
-    /// another node's takeover. Empty on a single node.
-    pub async fn unacknowledged(&self, max: usize) -> Result<Vec<Event>, String> {
+    /// another node's takeover. Empty on a single node. With them, whether
+    /// there may be more (`max` were pending).
+    pub async fn unacknowledged(&self, max: usize) -> Result<(Vec<Event>, bool), String> {
         let Store::Redis(r) = self else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         };
         r.group().await?;
         let mut conn = r.access.conn.clone();
@@ -522,8 +523,9 @@ impl Store {
             .await,
         )?;
         if pending.ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
+        let more = pending.ids.len() >= max;
         let ids: Vec<String> = pending.ids.into_iter().map(|p| p.id).collect();
         // Claimed by this node again (the idle time starts over); entries
         // deleted meanwhile leave the pending list without a reply.
@@ -539,7 +541,7 @@ impl Store {
             let bad: Vec<String> = bad.into_iter().map(|(id, _)| id).collect();
             self.done(&bad).await?;
         }
-        Ok(events.into_iter().filter_map(|(_, e)| e).collect())
+        Ok((events.into_iter().filter_map(|(_, e)| e).collect(), more))
     }
 
     /// Events other nodes took and did not deliver for the takeover time
