@@ -199,7 +199,7 @@ pub fn admit(
 }
 
 /// `GET /socket/websocket` through hyper (what the direct path in
-/// `transport::upgrade` passes on): answers 101 and hands the raw TCP
+/// `upgrade` passes on): answers 101 and hands the raw TCP
 /// stream to a new session task, or answers the refusal.
 async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
     let peer = req.extensions().get::<Peer>().map(|p| p.0);

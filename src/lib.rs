@@ -44,6 +44,7 @@ mod throttle;
 mod topics;
 mod transport;
 mod trim;
+mod upgrade;
 mod webhooks;
 
 pub use bus::{Bus, Event};

@@ -8,7 +8,7 @@ use crate::context::Ctx;
 use crate::context::SetupError;
 use crate::http::Peer;
 use crate::metrics::SocketRefusal;
-use crate::transport::upgrade::{self, First};
+use crate::upgrade::{self, First};
 use crate::{channels, http, summary, trim, webhooks};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};

@@ -7,9 +7,9 @@
 //! to hyper with the bytes already read, so that every other answer, error
 //! body and refusal metric still comes from the router.
 
-use super::prefixed::Prefixed;
 use crate::context::Ctx;
 use crate::http::{admit, Admitted};
+use crate::transport::prefixed::Prefixed;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use std::io;
 use std::net::SocketAddr;
