@@ -127,6 +127,19 @@ impl Crowd {
         self.keep(node, c, topics)
     }
 
+    /// One socket per node in `all` on `patterns:stream` and `rooms:relay`
+    /// (what `relay_exactly_once` publishes to); their indexes.
+    async fn relay_subscribers(&mut self, nodes: &[Server], all: &[usize]) -> Vec<usize> {
+        let mut v = Vec::new();
+        for &node in all {
+            v.push(
+                self.add(nodes, node, &["patterns:stream", "rooms:relay"], json!({}))
+                    .await,
+            );
+        }
+        v
+    }
+
     /// A socket the test opened and joined itself.
     fn keep(&mut self, node: usize, client: Client, topics: &[&str]) -> usize {
         self.members.push(Member {
@@ -1035,17 +1048,7 @@ async fn killed_master(key: &str, seed: Option<usize>) {
     let watcher = crowd
         .add(&nodes, 1, &["rooms:a"], json!({"occupancy": true}))
         .await;
-    let subscribers: Vec<usize> = {
-        let mut v = Vec::new();
-        for node in all {
-            v.push(
-                crowd
-                    .add(&nodes, node, &["patterns:stream", "rooms:relay"], json!({}))
-                    .await,
-            );
-        }
-        v
-    };
+    let subscribers = crowd.relay_subscribers(&nodes, &all).await;
     wait_exact(&nodes, &all, &crowd.truth(), Duration::from_secs(1)).await;
     relay_exactly_once(&rc, &nodes, &all, &mut crowd, &subscribers, "before").await;
     crowd
@@ -1298,17 +1301,7 @@ async fn hung_master(key: &str, seed: Option<usize>) {
     ] {
         crowd.add(&nodes, node, topics, json!({})).await;
     }
-    let subscribers: Vec<usize> = {
-        let mut v = Vec::new();
-        for node in all {
-            v.push(
-                crowd
-                    .add(&nodes, node, &["patterns:stream", "rooms:relay"], json!({}))
-                    .await,
-            );
-        }
-        v
-    };
+    let subscribers = crowd.relay_subscribers(&nodes, &all).await;
     wait_exact(&nodes, &all, &crowd.truth(), Duration::from_secs(1)).await;
     relay_exactly_once(&rc, &nodes, &all, &mut crowd, &subscribers, "before").await;
 
@@ -1451,17 +1444,7 @@ async fn redis_cluster_a_manual_failover_resubscribes_each_node_once() {
     for node in all {
         crowd.add(&nodes, node, &["rooms:f"], json!({})).await;
     }
-    let subscribers: Vec<usize> = {
-        let mut v = Vec::new();
-        for node in all {
-            v.push(
-                crowd
-                    .add(&nodes, node, &["patterns:stream", "rooms:relay"], json!({}))
-                    .await,
-            );
-        }
-        v
-    };
+    let subscribers = crowd.relay_subscribers(&nodes, &all).await;
     wait_exact(&nodes, &all, &crowd.truth(), Duration::from_secs(1)).await;
     let before: Vec<usize> = nodes.iter().map(|n| resubscribes(n).len()).collect();
 
