@@ -93,13 +93,13 @@ pub fn after_join(
         pushes.extend(presence::after_join(ctx, topic));
     }
     // A count-only presence topic sends every member its figures.
-    // Either way the member's `JOINING` ends: figures pushed from now on
-    // follow these pushes.
+    // Either way a member that joined as `JOINING` (a watcher, or on a
+    // presence topic) ends it: figures pushed from now on follow these.
     if wants.occupancy || (presence && ctx.presence.count_only(topic)) {
         let figures = occupancy::Figures::now(ctx, topic);
         ctx.registry.set_seen(topic, socket, figures.seen());
         pushes.push(("occupancy", figures.payload(topic)));
-    } else {
+    } else if presence {
         ctx.registry.set_seen(topic, socket, 0);
     }
     pushes

@@ -418,7 +418,8 @@ impl Session {
                 return;
             }
         };
-        let presence = match (&params, ctx.presence.covers(&m.topic)) {
+        let presence_topic = ctx.presence.covers(&m.topic);
+        let presence = match (&params, presence_topic) {
             (Ok(params), true) => {
                 let identity = self.identity.as_deref();
                 let sub = identity.map(Identity::sub);
@@ -444,10 +445,16 @@ impl Session {
             vsn: self.vsn,
             tag: wants.tag,
             occupancy: wants.occupancy,
-            // Until `after_join` below: the occupancy task, woken by this
-            // join, must not push figures before the reply or repeat the
-            // joiner's own.
-            seen: JOINING,
+            // Until `after_join` below, for a member figures may be pushed
+            // to (a watcher, or any member of a presence topic, which may
+            // turn count-only): the occupancy task, woken by this join,
+            // must not push figures before the reply or repeat the joiner's
+            // own.
+            seen: if wants.occupancy || presence_topic {
+                JOINING
+            } else {
+                0
+            },
         };
         let membership = match ctx.registry.join(&m.topic, self.slot.id(), member) {
             Ok(membership) => membership,
