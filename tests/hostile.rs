@@ -965,22 +965,17 @@ async fn well_behaved(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_hostile_frames_leave_the_node_and_its_counts_intact() {
     let started = Instant::now();
-    let server = Server::start(&[
+    let max_frame = MAX_FRAME.to_string();
+    let mut args = vec![
         "--allow-topic",
         "rooms:*",
         "--allow-topic",
         "hostile:*",
         "--max-frame-bytes",
-        &MAX_FRAME.to_string(),
-        "--max-messages-per-second",
-        "1000000",
-        "--max-messages-burst",
-        "1000000",
-        "--max-joins-per-second",
-        "1000000",
-        "--max-joins-burst",
-        "1000000",
-    ]);
+        &max_frame,
+    ];
+    args.extend(NO_LIMITS);
+    let server = Server::start(&args);
     let addr = server.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let joined = Arc::new(tokio::sync::Barrier::new(WELL_BEHAVED));

@@ -9,31 +9,20 @@ mod cluster_support;
 mod common;
 
 use cluster_support::{client_of, cluster, Redis};
-use common::{cluster_stats, get, keys_in_order, metrics, wait_for, Client, Msg, Server, STATS};
+use common::{
+    cluster_stats, get, keys_in_order, metrics, wait_for, Client, Msg, Server, NO_LIMITS, STATS,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// Flags every node of these tests gets: generic topics, and per-socket
-/// rate limits out of the way of the load the tests make. The occupancy
-/// interval is the default, 250 ms.
-const BASE: [&str; 12] = [
-    "--allow-topic",
-    "rooms:*",
-    "--allow-topic",
-    "other:*",
-    "--max-messages-per-second",
-    "1000000",
-    "--max-messages-burst",
-    "1000000",
-    "--max-joins-per-second",
-    "100000",
-    "--max-joins-burst",
-    "100000",
-];
+/// The topics every node of these tests allows (`args` also raises the
+/// per-socket rate limits out of the way of the load the tests make). The
+/// occupancy interval is the default, 250 ms.
+const BASE: [&str; 4] = ["--allow-topic", "rooms:*", "--allow-topic", "other:*"];
 
 fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v: Vec<&str> = BASE.to_vec();
+    let mut v: Vec<&str> = [&BASE[..], &NO_LIMITS[..]].concat();
     v.extend_from_slice(extra);
     v
 }

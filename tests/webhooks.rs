@@ -13,7 +13,7 @@
 mod common;
 mod webhook_support;
 
-use common::{metrics, v2, wait_for, Client, Server};
+use common::{metrics, v2, wait_for, Client, Server, NO_LIMITS};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -40,15 +40,8 @@ fn node(receiver: &Receiver, extra: &[&str]) -> Server {
         SECRET,
         "--webhook-vacate-delay-ms",
         &delay,
-        "--max-joins-per-second",
-        "100000",
-        "--max-joins-burst",
-        "100000",
-        "--max-messages-per-second",
-        "1000000",
-        "--max-messages-burst",
-        "1000000",
     ];
+    args.extend(NO_LIMITS);
     args.extend_from_slice(extra);
     Server::start(&args)
 }

@@ -22,8 +22,8 @@ mod cluster_support;
 mod common;
 mod webhook_support;
 
-use cluster_support::{client_of, start_node, Redis};
-use common::{cluster_stats, wait_for, Client, Server};
+use cluster_support::{all_see_each_other, client_of, start_node, Redis};
+use common::{cluster_stats, wait_for, Client, Server, NO_LIMITS};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -39,20 +39,7 @@ const LATENCY: Duration = Duration::from_millis(2000);
 /// The takeover time the takeover tests lower `--webhook-takeover-ms` to.
 const TAKEOVER: Duration = Duration::from_secs(5);
 
-const BASE: [&str; 12] = [
-    "--allow-topic",
-    "rooms:*",
-    "--presence-topic",
-    "rooms:p:*",
-    "--max-messages-per-second",
-    "1000000",
-    "--max-messages-burst",
-    "1000000",
-    "--max-joins-per-second",
-    "100000",
-    "--max-joins-burst",
-    "100000",
-];
+const BASE: [&str; 4] = ["--allow-topic", "rooms:*", "--presence-topic", "rooms:p:*"];
 
 /// Starts `n` nodes `n1`…, each POSTing to its own path of `r`, and waits
 /// until each sees all of them.
@@ -62,7 +49,7 @@ async fn cluster(redis: &Redis, r: &Receiver, n: usize, extra: &[&str]) -> Vec<S
         .map(|i| {
             let name = format!("n{i}");
             let url = r.url(&name);
-            let mut args: Vec<&str> = BASE.to_vec();
+            let mut args: Vec<&str> = [&BASE[..], &NO_LIMITS[..]].concat();
             args.extend([
                 "--webhook-url",
                 &url,
@@ -75,14 +62,7 @@ async fn cluster(redis: &Redis, r: &Receiver, n: usize, extra: &[&str]) -> Vec<S
             start_node(&redis.url(), &name, &args)
         })
         .collect();
-    for node in &nodes {
-        wait_for(
-            Duration::from_secs(10),
-            "every node sees the cluster",
-            || async { cluster_stats(node.addr).await["cluster_size"] == n },
-        )
-        .await;
-    }
+    all_see_each_other(&nodes).await;
     nodes
 }
 
@@ -912,7 +892,7 @@ async fn a_node_killed_right_after_a_join_still_has_its_topic_vacated() {
     let url = r.url("victim");
     let after = [50u64, 60, 70];
     for (k, pause) in after.iter().enumerate() {
-        let mut args: Vec<&str> = BASE.to_vec();
+        let mut args: Vec<&str> = [&BASE[..], &NO_LIMITS[..]].concat();
         args.extend([
             "--webhook-url",
             &url,

@@ -198,15 +198,21 @@ pub async fn cluster(redis: &Redis, n: usize, extra: &[&str]) -> Vec<Server> {
     let nodes: Vec<Server> = (1..=n)
         .map(|i| start_node(&redis.url(), &format!("n{i}"), extra))
         .collect();
-    for node in &nodes {
+    all_see_each_other(&nodes).await;
+    nodes
+}
+
+/// Waits (at most 10 s) until each of `nodes` counts all of them in its
+/// cluster stats.
+pub async fn all_see_each_other(nodes: &[Server]) {
+    for node in nodes {
         wait_for(
             Duration::from_secs(10),
             "every node sees the cluster",
-            || async { cluster_stats(node.addr).await["cluster_size"] == n },
+            || async { cluster_stats(node.addr).await["cluster_size"] == nodes.len() },
         )
         .await;
     }
-    nodes
 }
 
 /// A V2 client of `node` that waits at most 5 s for each reply.

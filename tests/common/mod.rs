@@ -32,6 +32,19 @@ pub const STATS: &str = "patterns:stats";
 pub const STREAM: &str = "patterns:stream";
 pub const VSM: &str = "patterns:vsm";
 
+/// The per-socket rate limits (SPEC §8.4) raised out of the way, for tests
+/// whose sockets send far more joins and messages than a browser would.
+pub const NO_LIMITS: [&str; 8] = [
+    "--max-messages-per-second",
+    "1000000",
+    "--max-messages-burst",
+    "1000000",
+    "--max-joins-per-second",
+    "1000000",
+    "--max-joins-burst",
+    "1000000",
+];
+
 // ---------------------------------------------------------------------------
 // The server process
 // ---------------------------------------------------------------------------
