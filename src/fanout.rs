@@ -9,7 +9,7 @@
 use crate::outbox::Outbox;
 use crate::protocol::Vsn;
 use bytes::Bytes;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 /// A topic published to again within this long of its last message's
@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 pub const BUSY_WITHIN: Duration = Duration::from_millis(50);
 /// Fewer members than this are not worth a second thread.
 const PARALLEL_FROM: usize = 1024;
+/// The threads a big fan-out is split over: asked once, as the answer
+/// takes system calls (affinity, cgroup limits).
+static CORES: LazyLock<usize> =
+    LazyLock::new(|| std::thread::available_parallelism().map_or(1, usize::from));
 
 /// One topic's publishing order: a message reaches every member before the
 /// next one starts, whichever thread publishes it.
@@ -53,7 +57,7 @@ pub fn send(order: &Order, recipients: &Recipients, frames: &[Option<Bytes>; 2])
     let threads = if busy || recipients.len() < PARALLEL_FROM {
         1
     } else {
-        std::thread::available_parallelism().map_or(1, usize::from)
+        *CORES
     };
     let sent = if threads == 1 {
         recipients.iter().filter(|r| one(r)).count()

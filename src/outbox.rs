@@ -263,15 +263,18 @@ impl Outbox {
         };
         let mut state = self.lock();
         while state.backlog() {
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(WRITE_BATCH);
+            // On the stack: a busy socket flushes on every wakeup.
+            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+            let mut n = 0;
             if !state.partial.is_empty() {
-                slices.push(IoSlice::new(&state.partial));
+                slices[0] = IoSlice::new(&state.partial);
+                n = 1;
             }
-            for frame in state.queue.iter().take(WRITE_BATCH - slices.len()) {
-                slices.push(IoSlice::new(frame));
+            for frame in state.queue.iter().take(WRITE_BATCH - n) {
+                slices[n] = IoSlice::new(frame);
+                n += 1;
             }
-            let written = write(&**wire, &slices);
-            drop(slices);
+            let written = write(&**wire, &slices[..n]);
             match written {
                 Ok(n) => state.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
