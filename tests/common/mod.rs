@@ -333,18 +333,17 @@ impl Drop for Server {
         if std::thread::panicking() {
             std::thread::sleep(Duration::from_millis(50));
             let err = self.stderr();
-            let tail: String = err
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
+            let tail =
+                |lines: Vec<&str>, n: usize| lines[lines.len().saturating_sub(n)..].join("\n");
+            // Libraries' lines (redis-rs retrying, say) can fill any tail:
+            // headcount's own come first.
+            let own: Vec<&str> = err.lines().filter(|l| l.contains(" headcount")).collect();
             eprintln!(
-                "--- server {} ({}) stderr (tail) ---\n{tail}",
-                self.node, self.addr
+                "--- server {} ({}) stderr, its own lines (tail) ---\n{}\n--- all of its stderr (tail) ---\n{}",
+                self.node,
+                self.addr,
+                tail(own, 40),
+                tail(err.lines().collect(), 15)
             );
         }
     }

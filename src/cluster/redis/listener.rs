@@ -206,11 +206,9 @@ impl Listener {
     ) {
         let written = match written {
             Ok(written) => written,
-            Err(why) => {
-                // Asked again a write period later, if still quiet.
-                self.redis.health.down(&why);
-                return;
-            }
+            // Asked again a write period later, if still quiet (the
+            // failure marked Redis down, `bounded`).
+            Err(_) => return,
         };
         // Heard from (or gone) meanwhile: nothing was lost for it.
         if self.redis.view.last_heard(&node).as_ref() != Some(&heard) {
@@ -392,8 +390,7 @@ impl Listener {
                 self.round = Some(round);
                 self.round_done();
             }
-            Read::Names(Err(why)) => {
-                self.redis.health.down(&why);
+            Read::Names(Err(_)) => {
                 let redis = self.redis.clone();
                 self.reads.spawn(async move {
                     tokio::time::sleep(RETRY).await;
@@ -445,8 +442,7 @@ impl Listener {
                 self.round_done();
             }
             Read::LastWrite(node, heard, written) => self.on_last_write(node, heard, written),
-            Read::Snapshot(node, Err(why)) => {
-                self.redis.health.down(&why);
+            Read::Snapshot(node, Err(_)) => {
                 let waiting = self.reading.remove(&node).unwrap_or_default();
                 self.read_snapshot(node.clone(), RETRY);
                 if let Some(w) = self.reading.get_mut(&node) {

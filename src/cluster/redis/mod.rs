@@ -102,10 +102,31 @@ impl Health {
         self.lock().clone()
     }
 
+    fn now_ms(&self) -> u64 {
+        self.since.elapsed().as_millis() as u64
+    }
+
     /// A command came back.
     pub fn answered(&self) {
-        let ms = self.since.elapsed().as_millis() as u64;
-        self.answered.fetch_max(ms, Ordering::SeqCst);
+        self.answered.fetch_max(self.now_ms(), Ordering::SeqCst);
+    }
+
+    /// A request sent at `sent` (from `now_ms`) failed: Redis is down,
+    /// unless a command came back after it was sent. Such a failure is older
+    /// news than that answer — typically a request that kept retrying
+    /// through a Redis Cluster failover and timed out just after the
+    /// cluster recovered — and would turn answers degraded again for
+    /// nothing. A write that keeps failing still counts: the writer marks
+    /// Redis down on its second failure in a row.
+    fn failed(&self, sent: u64, why: &str) {
+        if self.answered.load(Ordering::SeqCst) > sent {
+            tracing::debug!(
+                error = why,
+                "a redis request failed after a later one was answered"
+            );
+            return;
+        }
+        self.down(why);
     }
 
     /// Whether nothing came back from Redis for longer than a command may
@@ -148,19 +169,24 @@ pub fn describe(e: &::redis::RedisError) -> String {
 }
 
 /// Sends one request of `commands` commands to Redis: counted, bounded by
-/// [`COMMAND_TIMEOUT`], and its failure (a Redis error or no answer in
-/// time) told in a short line — the same for every read and write of the
-/// backend.
+/// [`COMMAND_TIMEOUT`], its failure (a Redis error or no answer in time)
+/// told in a short line and marking Redis down (`Health::failed`) — the
+/// same for every read and write of the backend.
 pub async fn bounded<T>(
     redis: &RedisBackend,
     commands: u64,
     request: impl std::future::Future<Output = ::redis::RedisResult<T>>,
 ) -> Result<T, String> {
     redis.metrics.redis_commands.increment(commands);
-    tokio::time::timeout(COMMAND_TIMEOUT, request)
-        .await
-        .map_err(|_| "redis unreachable or slower than 500 ms".to_owned())?
-        .map_err(|e| describe(&e))
+    let sent = redis.health.now_ms();
+    let outcome = match tokio::time::timeout(COMMAND_TIMEOUT, request).await {
+        Err(_) => Err("redis unreachable or slower than 500 ms".to_owned()),
+        Ok(reply) => reply.map_err(|e| describe(&e)),
+    };
+    if let Err(why) = &outcome {
+        redis.health.failed(sent, why);
+    }
+    outcome
 }
 
 /// What another component needs to use this node's Redis connection.
@@ -368,12 +394,41 @@ async fn probe(redis: Arc<RedisBackend>) {
         let mut conn = redis.conn.clone();
         let mut ping = ::redis::cmd("EXISTS");
         ping.arg(&redis.keys.meta);
-        match bounded(&redis, 1, ping.exec_async(&mut conn)).await {
-            Ok(()) => redis.health.answered(),
-            Err(why) => redis.health.down(&why),
+        if bounded(&redis, 1, ping.exec_async(&mut conn)).await.is_ok() {
+            redis.health.answered();
         }
     }
 }
 
 /// A backend task, boxed so they all start the same way.
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+    use crate::metrics::Metrics;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_older_than_an_answer_leaves_redis_up() {
+        let health = Health::new(Arc::new(Metrics::new()));
+        health.answered();
+        health.up();
+        // Sent, then (while it retried through a failover) something later
+        // was answered: its timeout is old news.
+        let sent = health.now_ms();
+        tokio::time::advance(Duration::from_millis(300)).await;
+        health.answered();
+        tokio::time::advance(Duration::from_millis(200)).await;
+        health.failed(sent, "redis unreachable or slower than 500 ms");
+        assert!(health.is_up());
+
+        // Nothing answered since it was sent: Redis is down.
+        let sent = health.now_ms();
+        tokio::time::advance(Duration::from_millis(500)).await;
+        health.failed(sent, "redis unreachable or slower than 500 ms");
+        assert!(health.is_down());
+        assert_eq!(health.error(), "redis unreachable or slower than 500 ms");
+    }
+}

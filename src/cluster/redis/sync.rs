@@ -104,7 +104,9 @@ pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Snapsho
     }
     let number = |field: &str| meta.get(field).and_then(|v| v.parse::<u64>().ok());
     let (Some(c), Some(s), Some(k)) = (number("c"), number("s"), number("k")) else {
-        return Err(format!("the snapshot of node {node:?} is incomplete"));
+        let why = format!("the snapshot of node {node:?} is incomplete");
+        redis.health.down(&why);
+        return Err(why);
     };
     let now_ms = match time.as_slice() {
         [secs, micros] => secs * 1000 + micros / 1000,

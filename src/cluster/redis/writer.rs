@@ -30,6 +30,8 @@ pub struct Written {
     pub left: bool,
     /// The last sequence number used.
     seq: u64,
+    /// The last write failed.
+    failed: bool,
 }
 
 /// What a write found.
@@ -158,6 +160,7 @@ pub async fn flush(redis: &RedisBackend) -> bool {
     match outcome {
         Ok(Outcome::Written) => {
             written.synced = true;
+            written.failed = false;
             redis.health.answered();
             redis.health.up();
             announce(redis, &delta).await;
@@ -169,7 +172,13 @@ pub async fn flush(redis: &RedisBackend) -> bool {
         }
         Err(why) => {
             written.synced = false;
-            redis.health.down(&why);
+            // The first failure marked Redis down unless something else
+            // was answered meanwhile (`Health::failed`); a second in a row
+            // does so whatever else Redis answers, so a node whose figures
+            // cannot be written never passes for up.
+            if std::mem::replace(&mut written.failed, true) {
+                redis.health.down(&why);
+            }
             false
         }
     }
@@ -225,7 +234,11 @@ async fn write(redis: &RedisBackend, delta: &Delta) -> Result<Outcome, String> {
             }
             Ok(Outcome::Written)
         }
-        _ => Err("unexpected reply from redis to a write".into()),
+        _ => {
+            let why = "unexpected reply from redis to a write";
+            redis.health.down(why);
+            Err(why.into())
+        }
     }
 }
 
@@ -244,9 +257,8 @@ async fn announce(redis: &RedisBackend, delta: &Delta) {
         publish.exec_async(&mut conn).await?;
         zadd.exec_async(&mut conn).await
     };
-    if let Err(why) = bounded(redis, 2, both).await {
-        redis.health.down(&why);
-    }
+    // A failure marks Redis down (`bounded`); the other nodes see a gap.
+    let _ = bounded(redis, 2, both).await;
 }
 
 #[cfg(test)]
