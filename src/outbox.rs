@@ -118,6 +118,11 @@ impl State {
     fn consume(&mut self, mut n: usize) {
         let from_partial = n.min(self.partial.len());
         self.partial.advance(from_partial);
+        if self.partial.is_empty() {
+            // An empty slice still holds its whole frame (a presence_state
+            // of a megabyte, say) for as long as the socket lives.
+            self.partial = Bytes::new();
+        }
         n -= from_partial;
         while n > 0 {
             let Some(frame) = self.queue.pop_front() else {
@@ -392,5 +397,34 @@ mod tests {
         assert_eq!(&kernel.got.lock().unwrap()[..], b"abcdefgh!ij");
         assert!(o.push(Bytes::from_static(b"k")));
         assert_eq!(&kernel.got.lock().unwrap()[..], b"abcdefgh!ijk");
+    }
+
+    #[test]
+    fn a_frame_written_in_part_is_let_go_once_its_rest_is_out() {
+        /// Counts as alive (a strong count of `alive`) while the frame
+        /// is held.
+        struct Owner(#[allow(dead_code)] Arc<()>);
+        impl AsRef<[u8]> for Owner {
+            fn as_ref(&self) -> &[u8] {
+                b"a large presence_state"
+            }
+        }
+        let alive = Arc::new(());
+        let frame = Bytes::from_owner(Owner(alive.clone()));
+        let kernel = Arc::new(Kernel {
+            room: Mutex::new(5),
+            got: Mutex::default(),
+        });
+        let o = Outbox::with_wire(10, 1000, kernel.clone());
+        assert!(o.push(frame));
+        assert!(o.has_backlog(), "in part");
+        *kernel.room.lock().unwrap() = 100;
+        assert!(o.flush().unwrap());
+        assert_eq!(&kernel.got.lock().unwrap()[..], b"a large presence_state");
+        assert_eq!(
+            Arc::strong_count(&alive),
+            1,
+            "the socket still holds the frame"
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! One presence entry (SPEC §9.1): who (KEY) and the META phoenix.js lists
-//! under that key. A local meta keeps its parts and is rendered when sent;
-//! a remote one is kept as the JSON its node rendered.
+//! under that key. Every node holds every meta of the cluster, so a meta is
+//! kept small: its parts (the ref as two numbers, the node as a number),
+//! rendered when sent, whether it is this node's or came from another.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,9 +60,66 @@ pub fn joining(
     Ok(Joining { key, info, meta })
 }
 
-/// A `phx_ref` unique in the cluster: a per-process prefix and a counter.
+/// A `phx_ref`. Every headcount writes its refs as `<prefix>.<counter>`,
+/// both lower-case hex without leading zeros; such a ref is kept as two
+/// numbers, without an allocation (it is held once per meta on every
+/// node). Any other text is kept as it came.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Ref {
+    Packed { prefix: u64, n: u64 },
+    Text(Box<str>),
+}
+
+impl Ref {
+    pub fn parse(text: &str) -> Ref {
+        fn hex(s: &str) -> Option<u64> {
+            let canonical = !s.is_empty()
+                && s.len() <= 16
+                && !(s.len() > 1 && s.starts_with('0'))
+                && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            canonical.then(|| u64::from_str_radix(s, 16).ok()).flatten()
+        }
+        text.split_once('.')
+            .and_then(|(p, n)| {
+                Some(Ref::Packed {
+                    prefix: hex(p)?,
+                    n: hex(n)?,
+                })
+            })
+            .unwrap_or_else(|| Ref::Text(text.into()))
+    }
+
+    /// Whether `text` is this ref.
+    pub fn is(&self, text: &str) -> bool {
+        match self {
+            Ref::Text(t) => **t == *text,
+            packed => Ref::parse(text) == *packed,
+        }
+    }
+
+    pub fn to_arc(&self) -> Arc<str> {
+        Arc::from(self.to_string().as_str())
+    }
+}
+
+impl fmt::Display for Ref {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ref::Packed { prefix, n } => write!(f, "{prefix:x}.{n:x}"),
+            Ref::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl Serialize for Ref {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `phx_ref`s unique in the cluster: a per-process prefix and a counter.
 pub struct Refs {
-    prefix: String,
+    prefix: u64,
     next: AtomicU64,
 }
 
@@ -72,14 +132,16 @@ impl Refs {
             h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
         }
         Refs {
-            prefix: format!("{:x}", h & 0xffff_ffff_ffff),
+            prefix: h & 0xffff_ffff_ffff,
             next: AtomicU64::new(1),
         }
     }
 
-    pub fn next(&self) -> Arc<str> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Arc::from(format!("{}.{n:x}", self.prefix).as_str())
+    pub fn next(&self) -> Ref {
+        Ref::Packed {
+            prefix: self.prefix,
+            n: self.next.fetch_add(1, Ordering::Relaxed),
+        }
     }
 }
 
@@ -90,21 +152,116 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A META as it is kept.
-pub enum Body {
-    /// This node's: rendered when sent.
-    Local {
-        online_at: u64,
-        info: Option<Arc<RawValue>>,
-        meta: Option<Box<RawValue>>,
-    },
-    /// Another node's, as that node rendered it.
-    Remote { node: u16, json: Box<RawValue> },
+/// The node number of this node's metas.
+pub const LOCAL: u16 = 0;
+
+/// A META as it is kept, this node's or another's: its parts, rendered
+/// when sent, so that a meta costs the same wherever it is held. What most
+/// metas lack (`info`, `meta`) is boxed apart.
+pub struct Meta {
+    pub key: Arc<str>,
+    pub online_at: u64,
+    /// `LOCAL`, or the number of the node it came from.
+    pub node: u16,
+    pub extra: Option<Box<Extra>>,
+}
+
+pub struct Extra {
+    info: Option<Arc<RawValue>>,
+    meta: Option<Box<RawValue>>,
+    /// Another node's META that did not read as the fields of §9.1, sent
+    /// on as it came.
+    raw: Option<Box<RawValue>>,
+}
+
+/// Another node's META, as it renders them (`Rendered`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Incoming<'a> {
+    #[serde(borrow)]
+    phx_ref: Cow<'a, str>,
+    #[serde(borrow)]
+    node: Cow<'a, str>,
+    online_at: u64,
+    info: Option<Box<RawValue>>,
+    meta: Option<Box<RawValue>>,
+}
+
+impl Meta {
+    pub fn local(joining: Joining) -> Meta {
+        let extra = (joining.info.is_some() || joining.meta.is_some()).then(|| {
+            Box::new(Extra {
+                info: joining.info,
+                meta: joining.meta,
+                raw: None,
+            })
+        });
+        Meta {
+            key: joining.key,
+            online_at: unix_ms(),
+            node: LOCAL,
+            extra,
+        }
+    }
+
+    /// Node `id`'s META `json` for `phx_ref`, read into its parts when it
+    /// is what `name` renders; else kept as it came.
+    pub fn remote(key: Arc<str>, phx_ref: &Ref, json: Box<RawValue>, name: &str, id: u16) -> Meta {
+        let parts = serde_json::from_str::<Incoming>(json.get())
+            .ok()
+            .filter(|m| phx_ref.is(&m.phx_ref) && m.node == name);
+        let (online_at, extra) = match parts {
+            Some(Incoming {
+                online_at,
+                info,
+                meta,
+                ..
+            }) => {
+                let extra = (info.is_some() || meta.is_some()).then(|| {
+                    Box::new(Extra {
+                        info: info.map(Arc::from),
+                        meta,
+                        raw: None,
+                    })
+                });
+                (online_at, extra)
+            }
+            None => (
+                0,
+                Some(Box::new(Extra {
+                    info: None,
+                    meta: None,
+                    raw: Some(json),
+                })),
+            ),
+        };
+        Meta {
+            key,
+            online_at,
+            node: id,
+            extra,
+        }
+    }
+
+    /// The META for `phx_ref`, `node` naming the node it is on.
+    pub fn out<'a>(&'a self, phx_ref: &'a Ref, node: &'a str) -> Out<'a> {
+        let extra = self.extra.as_deref();
+        if let Some(raw) = extra.and_then(|e| e.raw.as_deref()) {
+            return Out::Raw(raw);
+        }
+        Out::Parts(Rendered {
+            phx_ref,
+            node,
+            online_at: self.online_at,
+            info: extra.and_then(|e| e.info.as_deref()),
+            meta: extra.and_then(|e| e.meta.as_deref()),
+        })
+    }
 }
 
 #[derive(Serialize)]
 pub struct Rendered<'a> {
-    phx_ref: &'a str,
+    phx_ref: &'a Ref,
     node: &'a str,
     online_at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,42 +272,15 @@ pub struct Rendered<'a> {
 
 /// A META as phoenix.js receives it.
 pub enum Out<'a> {
-    Local(Rendered<'a>),
+    Parts(Rendered<'a>),
     Raw(&'a RawValue),
 }
 
 impl Serialize for Out<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Out::Local(r) => r.serialize(s),
+            Out::Parts(r) => r.serialize(s),
             Out::Raw(r) => r.serialize(s),
-        }
-    }
-}
-
-impl Body {
-    /// The META for `phx_ref`, with `node` naming this node.
-    pub fn out<'a>(&'a self, phx_ref: &'a str, node: &'a str) -> Out<'a> {
-        match self {
-            Body::Local {
-                online_at,
-                info,
-                meta,
-            } => Out::Local(Rendered {
-                phx_ref,
-                node,
-                online_at: *online_at,
-                info: info.as_deref(),
-                meta: meta.as_deref(),
-            }),
-            Body::Remote { json, .. } => Out::Raw(json),
-        }
-    }
-
-    pub fn remote_node(&self) -> Option<u16> {
-        match self {
-            Body::Local { .. } => None,
-            Body::Remote { node, .. } => Some(*node),
         }
     }
 }
@@ -193,17 +323,67 @@ mod tests {
         let (r1, r2) = (refs.next(), refs.next());
         assert_ne!(r1, r2);
         assert_ne!(Refs::new("a/2").next(), r1, "another process");
-        let body = Body::Local {
-            online_at: 5,
-            info: Some(Arc::from(
-                RawValue::from_string(r#"{"n":1}"#.into()).unwrap(),
-            )),
+        let info = Some(Arc::from(
+            RawValue::from_string(r#"{"n":1}"#.into()).unwrap(),
+        ));
+        let key = Arc::from("k");
+        let meta = Meta::local(Joining {
+            key,
+            info,
             meta: None,
-        };
-        let v: Value = serde_json::to_value(body.out(&r1, "a@h")).unwrap();
+        });
+        let v: Value = serde_json::to_value(meta.out(&r1, "a@h")).unwrap();
         assert_eq!(
             v,
-            json!({"phx_ref": &*r1, "node": "a@h", "online_at": 5, "info": {"n": 1}})
+            json!({"phx_ref": r1.to_string(), "node": "a@h", "online_at": meta.online_at, "info": {"n": 1}})
         );
+    }
+
+    #[test]
+    fn refs_read_back_packed_only_when_written_the_same() {
+        let r = Refs::new("a/1").next();
+        let text = r.to_string();
+        assert!(matches!(Ref::parse(&text), Ref::Packed { .. }));
+        assert_eq!(Ref::parse(&text), r);
+        assert!(r.is(&text));
+        for other in [
+            "b1",
+            "0a.1",
+            "a.01",
+            "A.1",
+            "a.",
+            ".1",
+            "a.1.2",
+            "1a2b3c4d5e6f7a8b9.1",
+        ] {
+            let parsed = Ref::parse(other);
+            assert!(matches!(parsed, Ref::Text(_)), "{other}");
+            assert_eq!(parsed.to_string(), other);
+            assert!(parsed.is(other));
+        }
+        assert!(!Ref::parse("a.1").is("a.2"));
+    }
+
+    #[test]
+    fn another_nodes_meta_renders_as_it_came() {
+        let r = Ref::parse("1f.2a");
+        let json = |v: Value| RawValue::from_string(v.to_string()).unwrap();
+        let came = json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 7, "info": {"n": 1}, "meta": {"s": "x"}});
+        let meta = Meta::remote(Arc::from("k"), &r, json(came.clone()), "b@h", 3);
+        assert!(
+            meta.extra.as_ref().is_some_and(|e| e.raw.is_none()),
+            "read into parts"
+        );
+        assert_eq!(serde_json::to_value(meta.out(&r, "b@h")).unwrap(), came);
+        // Not what a headcount renders (another field, another node's
+        // name, another ref): sent on as it came.
+        for odd in [
+            json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 7, "x": 1}),
+            json!({"phx_ref": "1f.2a", "node": "c@h", "online_at": 7}),
+            json!({"phx_ref": "1f.2b", "node": "b@h", "online_at": 7}),
+        ] {
+            let meta = Meta::remote(Arc::from("k"), &r, json(odd.clone()), "b@h", 3);
+            assert_eq!(serde_json::to_value(meta.out(&r, "b@h")).unwrap(), odd);
+        }
     }
 }

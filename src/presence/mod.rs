@@ -25,18 +25,14 @@ pub use meta::{joining, Joining, MetaTooLarge};
 
 use crate::globs::Globs;
 use crate::stats::to_json;
-use meta::{unix_ms, Body, Refs};
+use meta::{Meta, Ref, Refs, LOCAL};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
-
-struct Meta {
-    key: Arc<str>,
-    body: Body,
-}
 
 /// One change queued for this node's members.
 struct Change {
@@ -47,8 +43,9 @@ struct Change {
 
 #[derive(Default)]
 struct Topic {
-    metas: HashMap<Arc<str>, Meta>,
-    /// Metas per KEY, over every node (users = its length).
+    metas: HashMap<Ref, Meta>,
+    /// Metas per KEY, over every node (users = its length); the KEY here is
+    /// the one its metas share.
     keys: HashMap<Arc<str>, u32>,
     /// This node's metas.
     local: u32,
@@ -92,14 +89,13 @@ pub enum Flush {
     Counts,
 }
 
-#[derive(Default)]
 struct Inner {
     topics: HashMap<Arc<str>, Topic>,
-    /// Remote nodes, by the small number their metas carry.
+    /// Node names by the number their metas carry: `LOCAL` is this node;
+    /// a number freed by a node that left is given to the next new one.
     nodes: Vec<Arc<str>>,
     node_ids: HashMap<Arc<str>, u16>,
-    /// Each remote node's metas, as (topic, phx_ref).
-    by_node: Vec<HashSet<(Arc<str>, Arc<str>)>>,
+    free: Vec<u16>,
     remote_hidden: bool,
     /// Local changes not yet written for the other nodes.
     outgoing: Vec<Outgoing>,
@@ -120,7 +116,6 @@ fn entry<'a>(
 }
 
 pub struct Presence {
-    node: Arc<str>,
     globs: Globs,
     max_members: usize,
     /// Whether local changes are kept for the cluster writer.
@@ -136,7 +131,7 @@ pub struct Presence {
 pub struct Tracked {
     presence: Arc<Presence>,
     topic: Arc<str>,
-    phx_ref: Arc<str>,
+    phx_ref: Ref,
 }
 
 impl Drop for Tracked {
@@ -146,20 +141,30 @@ impl Drop for Tracked {
 }
 
 impl Topic {
-    fn add(&mut self, phx_ref: Arc<str>, meta: Meta, node: &str, queue: bool) {
+    /// Adds `meta`; its KEY becomes the one the topic already holds.
+    fn add(&mut self, phx_ref: Ref, mut meta: Meta, nodes: &[Arc<str>], queue: bool) {
+        meta.key = match self.keys.entry(meta.key) {
+            Entry::Occupied(mut o) => {
+                *o.get_mut() += 1;
+                o.key().clone()
+            }
+            Entry::Vacant(v) => {
+                let key = v.key().clone();
+                v.insert(1);
+                if self.hooks {
+                    self.hooked.insert(key.clone());
+                }
+                key
+            }
+        };
         if queue {
             self.pending.push(Change {
                 join: true,
                 key: meta.key.clone(),
-                json: render(&meta, &phx_ref, node),
+                json: render(&meta, &phx_ref, nodes),
             });
         }
-        let n = self.keys.entry(meta.key.clone()).or_insert(0);
-        *n += 1;
-        if *n == 1 && self.hooks {
-            self.hooked.insert(meta.key.clone());
-        }
-        if meta.body.remote_node().is_none() {
+        if meta.node == LOCAL {
             self.local += 1;
         }
         if let Some(old) = self.metas.insert(phx_ref, meta) {
@@ -167,17 +172,41 @@ impl Topic {
         }
     }
 
-    fn remove(&mut self, phx_ref: &str, node: &str, queue: bool) -> Option<Meta> {
+    fn remove(&mut self, phx_ref: &Ref, nodes: &[Arc<str>], queue: bool) -> Option<Meta> {
         let meta = self.metas.remove(phx_ref)?;
         if queue {
             self.pending.push(Change {
                 join: false,
                 key: meta.key.clone(),
-                json: render(&meta, phx_ref, node),
+                json: render(&meta, phx_ref, nodes),
             });
         }
         self.forget(&meta);
         Some(meta)
+    }
+
+    /// Removes node `id`'s metas but those in `keep`.
+    fn remove_node(
+        &mut self,
+        id: u16,
+        keep: Option<&HashSet<Ref>>,
+        nodes: &[Arc<str>],
+        queue: bool,
+    ) {
+        let gone: Vec<Ref> = self
+            .metas
+            .iter()
+            .filter(|(r, m)| m.node == id && !keep.is_some_and(|k| k.contains(*r)))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for phx_ref in gone {
+            self.remove(&phx_ref, nodes, queue);
+        }
+    }
+
+    /// Whether node `id` has the meta `phx_ref` here.
+    fn holds(&self, id: u16, phx_ref: &Ref) -> bool {
+        self.metas.get(phx_ref).is_some_and(|m| m.node == id)
     }
 
     fn forget(&mut self, meta: &Meta) {
@@ -190,7 +219,7 @@ impl Topic {
                 }
             }
         }
-        if meta.body.remote_node().is_none() {
+        if meta.node == LOCAL {
             self.local -= 1;
         }
     }
@@ -203,15 +232,18 @@ impl Topic {
         let keys: HashSet<&Arc<str>> = self
             .metas
             .values()
-            .filter(|m| m.body.remote_node().is_none())
+            .filter(|m| m.node == LOCAL)
             .map(|m| &m.key)
             .collect();
         (u64::from(self.local), keys.len() as u64)
     }
 }
 
-fn render(meta: &Meta, phx_ref: &str, node: &str) -> Box<RawValue> {
-    crate::stats::raw(to_json(&meta.body.out(phx_ref, node)))
+/// The META of `phx_ref` as phoenix.js receives it; `nodes` names the
+/// nodes by number.
+fn render(meta: &Meta, phx_ref: &Ref, nodes: &[Arc<str>]) -> Box<RawValue> {
+    let node = nodes.get(usize::from(meta.node)).map_or("", |n| &**n);
+    crate::stats::raw(to_json(&meta.out(phx_ref, node)))
 }
 
 /// `{KEY: {"metas": [META, …]}, …}`.
@@ -278,12 +310,19 @@ impl Presence {
         clustered: bool,
     ) -> Arc<Presence> {
         Arc::new(Presence {
-            node: node.into(),
             globs,
             max_members: max_members.max(1),
             clustered,
             refs: Refs::new(origin),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                topics: HashMap::new(),
+                nodes: vec![Arc::from(node)],
+                node_ids: HashMap::new(),
+                free: Vec::new(),
+                remote_hidden: false,
+                outgoing: Vec::new(),
+                hooks: false,
+            }),
             changed: Notify::new(),
             outgoing_changed: Notify::new(),
         })
@@ -298,26 +337,19 @@ impl Presence {
     /// value is dropped.
     pub fn track(self: &Arc<Self>, topic: &Arc<str>, joining: Joining) -> Tracked {
         let phx_ref = self.refs.next();
-        let meta = Meta {
-            key: joining.key,
-            body: Body::Local {
-                online_at: unix_ms(),
-                info: joining.info,
-                meta: joining.meta,
-            },
-        };
-        let mut inner = lock(&self.inner);
+        let meta = Meta::local(joining);
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
         if self.clustered {
-            let json = render(&meta, &phx_ref, &self.node);
+            let json = render(&meta, &phx_ref, &inner.nodes);
             inner.outgoing.push(Outgoing {
                 topic: topic.clone(),
-                phx_ref: phx_ref.clone(),
+                phx_ref: phx_ref.to_arc(),
                 join: Some((meta.key.clone(), json)),
             });
         }
-        let hooks = inner.hooks;
-        entry(&mut inner.topics, hooks, topic).add(phx_ref.clone(), meta, &self.node, true);
-        drop(inner);
+        entry(&mut inner.topics, inner.hooks, topic).add(phx_ref.clone(), meta, &inner.nodes, true);
+        drop(guard);
         self.changed.notify_one();
         if self.clustered {
             self.outgoing_changed.notify_one();
@@ -329,19 +361,20 @@ impl Presence {
         }
     }
 
-    fn untrack(&self, topic: &Arc<str>, phx_ref: &Arc<str>) {
-        let mut inner = lock(&self.inner);
+    fn untrack(&self, topic: &Arc<str>, phx_ref: &Ref) {
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
         if let Some(entry) = inner.topics.get_mut(topic) {
-            entry.remove(phx_ref, &self.node, true);
+            entry.remove(phx_ref, &inner.nodes, true);
         }
         if self.clustered {
             inner.outgoing.push(Outgoing {
                 topic: topic.clone(),
-                phx_ref: phx_ref.clone(),
+                phx_ref: phx_ref.to_arc(),
                 join: None,
             });
         }
-        drop(inner);
+        drop(guard);
         self.changed.notify_one();
         if self.clustered {
             self.outgoing_changed.notify_one();
@@ -365,8 +398,8 @@ impl Presence {
         let rendered: Vec<(&str, Box<RawValue>)> = entry
             .metas
             .iter()
-            .filter(|(_, m)| !inner.remote_hidden || m.body.remote_node().is_none())
-            .map(|(r, m)| (&*m.key, render(m, r, &self.node)))
+            .filter(|(_, m)| !inner.remote_hidden || m.node == LOCAL)
+            .map(|(r, m)| (&*m.key, render(m, r, &inner.nodes)))
             .collect();
         to_json(&group(rendered.iter().map(|(k, j)| (*k, &**j))))
     }
@@ -408,11 +441,11 @@ impl Presence {
         let mut all = Vec::new();
         for (topic, entry) in &inner.topics {
             for (phx_ref, meta) in &entry.metas {
-                if meta.body.remote_node().is_none() {
+                if meta.node == LOCAL {
                     all.push(Outgoing {
                         topic: topic.clone(),
-                        phx_ref: phx_ref.clone(),
-                        join: Some((meta.key.clone(), render(meta, phx_ref, &self.node))),
+                        phx_ref: phx_ref.to_arc(),
+                        join: Some((meta.key.clone(), render(meta, phx_ref, &inner.nodes))),
                     });
                 }
             }
@@ -420,16 +453,26 @@ impl Presence {
         all
     }
 
-    fn node_id(inner: &mut Inner, node: &str) -> u16 {
+    /// The number of another node's metas, given now if it has none;
+    /// `None` when every number is taken.
+    fn node_id(inner: &mut Inner, node: &str) -> Option<u16> {
         if let Some(&id) = inner.node_ids.get(node) {
-            return id;
+            return Some(id);
         }
-        let id = inner.nodes.len() as u16;
         let name: Arc<str> = Arc::from(node);
-        inner.nodes.push(name.clone());
+        let id = match inner.free.pop() {
+            Some(id) => {
+                inner.nodes[usize::from(id)] = name.clone();
+                id
+            }
+            None => {
+                let id = u16::try_from(inner.nodes.len()).ok()?;
+                inner.nodes.push(name.clone());
+                id
+            }
+        };
         inner.node_ids.insert(name, id);
-        inner.by_node.push(HashSet::new());
-        id
+        Some(id)
     }
 
     /// Applies another node's changes; with `full`, they are all its metas
@@ -439,47 +482,42 @@ impl Presence {
             return;
         }
         let mut guard = lock(&self.inner);
-        let id = Presence::node_id(&mut guard, node);
+        let Some(id) = Presence::node_id(&mut guard, node) else {
+            tracing::error!(%node, "too many nodes: this node's presence leaves its metas out");
+            return;
+        };
         let queue = !guard.remote_hidden;
         let inner = &mut *guard;
+        let nodes = &inner.nodes;
         if full {
-            let keep: HashSet<(&str, &str)> = changes
-                .iter()
-                .filter(|c| c.join.is_some())
-                .map(|c| (&*c.topic, &*c.phx_ref))
-                .collect();
-            let gone: Vec<(Arc<str>, Arc<str>)> = inner.by_node[usize::from(id)]
-                .iter()
-                .filter(|(t, r)| !keep.contains(&(&**t, &**r)))
-                .cloned()
-                .collect();
-            for (topic, phx_ref) in gone {
-                inner.by_node[usize::from(id)].remove(&(topic.clone(), phx_ref.clone()));
-                if let Some(entry) = inner.topics.get_mut(&topic) {
-                    entry.remove(&phx_ref, &self.node, queue);
-                }
+            let mut keep: HashMap<&str, HashSet<Ref>> = HashMap::new();
+            for c in changes.iter().filter(|c| c.join.is_some()) {
+                keep.entry(&c.topic)
+                    .or_default()
+                    .insert(Ref::parse(&c.phx_ref));
+            }
+            for (topic, entry) in inner.topics.iter_mut() {
+                entry.remove_node(id, keep.get(&**topic), nodes, queue);
             }
         }
         for change in changes {
-            let entry = entry(&mut inner.topics, inner.hooks, &change.topic);
-            let known = (change.topic.clone(), change.phx_ref.clone());
+            let phx_ref = Ref::parse(&change.phx_ref);
             match change.join {
                 Some((key, json)) => {
+                    let entry = entry(&mut inner.topics, inner.hooks, &change.topic);
                     // A join already known (a snapshot after deltas) is
                     // not news.
-                    if inner.by_node[usize::from(id)].contains(&known) {
+                    if entry.holds(id, &phx_ref) {
                         continue;
                     }
-                    let meta = Meta {
-                        key,
-                        body: Body::Remote { node: id, json },
-                    };
-                    entry.add(change.phx_ref, meta, &self.node, queue);
-                    inner.by_node[usize::from(id)].insert(known);
+                    let meta = Meta::remote(key, &phx_ref, json, node, id);
+                    entry.add(phx_ref, meta, nodes, queue);
                 }
                 None => {
-                    if inner.by_node[usize::from(id)].remove(&known) {
-                        entry.remove(&change.phx_ref, &self.node, queue);
+                    if let Some(entry) = inner.topics.get_mut(&change.topic) {
+                        if entry.holds(id, &phx_ref) {
+                            entry.remove(&phx_ref, nodes, queue);
+                        }
                     }
                 }
             }
@@ -491,16 +529,15 @@ impl Presence {
     /// Takes a node's metas out (it left, or went silent).
     pub fn remove_node(&self, node: &str) {
         let mut guard = lock(&self.inner);
-        let Some(&id) = guard.node_ids.get(node) else {
+        let Some(id) = guard.node_ids.remove(node) else {
             return;
         };
         let queue = !guard.remote_hidden;
         let inner = &mut *guard;
-        for (topic, phx_ref) in inner.by_node[usize::from(id)].drain() {
-            if let Some(entry) = inner.topics.get_mut(&topic) {
-                entry.remove(&phx_ref, &self.node, queue);
-            }
+        for entry in inner.topics.values_mut() {
+            entry.remove_node(id, None, &inner.nodes, queue);
         }
+        inner.free.push(id);
         drop(guard);
         self.changed.notify_one();
     }
@@ -509,25 +546,26 @@ impl Presence {
     /// be trusted) or shows them again; members get the difference as
     /// leaves or joins.
     pub fn show_remote(&self, show: bool) {
-        let mut inner = lock(&self.inner);
-        if inner.remote_hidden != show {
+        let mut guard = lock(&self.inner);
+        if guard.remote_hidden != show {
             return;
         }
-        inner.remote_hidden = !show;
+        guard.remote_hidden = !show;
+        let inner = &mut *guard;
         for entry in inner.topics.values_mut() {
             let changes: Vec<Change> = entry
                 .metas
                 .iter()
-                .filter(|(_, m)| m.body.remote_node().is_some())
+                .filter(|(_, m)| m.node != LOCAL)
                 .map(|(r, m)| Change {
                     join: show,
                     key: m.key.clone(),
-                    json: render(m, r, &self.node),
+                    json: render(m, r, &inner.nodes),
                 })
                 .collect();
             entry.pending.extend(changes);
         }
-        drop(inner);
+        drop(guard);
         self.changed.notify_one();
     }
 
