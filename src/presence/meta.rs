@@ -60,18 +60,19 @@ pub fn joining(
     Ok(Joining { key, info, meta })
 }
 
-/// A `phx_ref`. Every headcount writes its refs as `<prefix>.<counter>`,
-/// both lower-case hex without leading zeros; such a ref is kept as two
-/// numbers, without an allocation (it is held once per meta on every
-/// node). Any other text is kept as it came.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Ref {
-    Packed { prefix: u64, n: u64 },
-    Text(Box<str>),
+/// A `phx_ref`: every headcount writes its refs as `<prefix>.<counter>`,
+/// both lower-case hex without leading zeros, and they are kept as the two
+/// numbers (16 bytes, no allocation: one is held per meta on every node).
+/// Text in any other form is not a ref of this cluster (`parse`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ref {
+    prefix: u64,
+    n: u64,
 }
 
 impl Ref {
-    pub fn parse(text: &str) -> Ref {
+    /// The ref `text` names, if it is written as a headcount writes refs.
+    pub fn parse(text: &str) -> Option<Ref> {
         fn hex(s: &str) -> Option<u64> {
             let canonical = !s.is_empty()
                 && s.len() <= 16
@@ -79,35 +80,21 @@ impl Ref {
                 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
             canonical.then(|| u64::from_str_radix(s, 16).ok()).flatten()
         }
-        text.split_once('.')
-            .and_then(|(p, n)| {
-                Some(Ref::Packed {
-                    prefix: hex(p)?,
-                    n: hex(n)?,
-                })
-            })
-            .unwrap_or_else(|| Ref::Text(text.into()))
+        let (prefix, n) = text.split_once('.')?;
+        Some(Ref {
+            prefix: hex(prefix)?,
+            n: hex(n)?,
+        })
     }
 
-    /// Whether `text` is this ref.
-    pub fn is(&self, text: &str) -> bool {
-        match self {
-            Ref::Text(t) => **t == *text,
-            packed => Ref::parse(text) == *packed,
-        }
-    }
-
-    pub fn to_arc(&self) -> Arc<str> {
+    pub fn to_arc(self) -> Arc<str> {
         Arc::from(self.to_string().as_str())
     }
 }
 
 impl fmt::Display for Ref {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Ref::Packed { prefix, n } => write!(f, "{prefix:x}.{n:x}"),
-            Ref::Text(t) => f.write_str(t),
-        }
+        write!(f, "{:x}.{:x}", self.prefix, self.n)
     }
 }
 
@@ -138,7 +125,7 @@ impl Refs {
     }
 
     pub fn next(&self) -> Ref {
-        Ref::Packed {
+        Ref {
             prefix: self.prefix,
             n: self.next.fetch_add(1, Ordering::Relaxed),
         }
@@ -155,18 +142,23 @@ pub fn unix_ms() -> u64 {
 /// The node number of this node's metas.
 pub const LOCAL: u16 = 0;
 
+/// The largest `online_at` a meta keeps in its parts (48 bits of
+/// milliseconds: the year 10889).
+const MAX_ONLINE_AT: u64 = (1 << 48) - 1;
+
 /// A META as it is kept, this node's or another's: its parts, rendered
-/// when sent, so that a meta costs the same wherever it is held. What most
-/// metas lack (`info`, `meta`) is boxed apart.
+/// when sent, so that a meta costs the same wherever it is held (32 bytes,
+/// and the KEY it shares with the topic's other metas). What most metas
+/// lack (`info`, `meta`) is boxed apart.
 pub struct Meta {
     pub key: Arc<str>,
-    pub online_at: u64,
-    /// `LOCAL`, or the number of the node it came from.
-    pub node: u16,
-    pub extra: Option<Box<Extra>>,
+    /// `online_at << 16 | node`: the node `LOCAL`, or the number of the
+    /// node it came from.
+    at_node: u64,
+    extra: Option<Box<Extra>>,
 }
 
-pub struct Extra {
+struct Extra {
     info: Option<Arc<RawValue>>,
     meta: Option<Box<RawValue>>,
     /// Another node's META that did not read as the fields of §9.1, sent
@@ -198,18 +190,21 @@ impl Meta {
         });
         Meta {
             key: joining.key,
-            online_at: unix_ms(),
-            node: LOCAL,
+            at_node: (unix_ms().min(MAX_ONLINE_AT) << 16) | u64::from(LOCAL),
             extra,
         }
     }
 
     /// Node `id`'s META `json` for `phx_ref`, read into its parts when it
     /// is what `name` renders; else kept as it came.
-    pub fn remote(key: Arc<str>, phx_ref: &Ref, json: Box<RawValue>, name: &str, id: u16) -> Meta {
+    pub fn remote(key: Arc<str>, phx_ref: Ref, json: Box<RawValue>, name: &str, id: u16) -> Meta {
         let parts = serde_json::from_str::<Incoming>(json.get())
             .ok()
-            .filter(|m| phx_ref.is(&m.phx_ref) && m.node == name);
+            .filter(|m| {
+                Ref::parse(&m.phx_ref) == Some(phx_ref)
+                    && m.node == name
+                    && m.online_at <= MAX_ONLINE_AT
+            });
         let (online_at, extra) = match parts {
             Some(Incoming {
                 online_at,
@@ -237,10 +232,14 @@ impl Meta {
         };
         Meta {
             key,
-            online_at,
-            node: id,
+            at_node: (online_at << 16) | u64::from(id),
             extra,
         }
+    }
+
+    /// The node it is on: `LOCAL`, or another's number.
+    pub fn node(&self) -> u16 {
+        self.at_node as u16
     }
 
     /// The META for `phx_ref`, `node` naming the node it is on.
@@ -252,7 +251,7 @@ impl Meta {
         Out::Parts(Rendered {
             phx_ref,
             node,
-            online_at: self.online_at,
+            online_at: self.at_node >> 16,
             info: extra.and_then(|e| e.info.as_deref()),
             meta: extra.and_then(|e| e.meta.as_deref()),
         })
@@ -326,26 +325,29 @@ mod tests {
         let info = Some(Arc::from(
             RawValue::from_string(r#"{"n":1}"#.into()).unwrap(),
         ));
-        let key = Arc::from("k");
+        let before = unix_ms();
         let meta = Meta::local(Joining {
-            key,
+            key: Arc::from("k"),
             info,
             meta: None,
         });
+        assert_eq!(meta.node(), LOCAL);
         let v: Value = serde_json::to_value(meta.out(&r1, "a@h")).unwrap();
+        assert!(v["online_at"].as_u64().unwrap() >= before);
         assert_eq!(
             v,
-            json!({"phx_ref": r1.to_string(), "node": "a@h", "online_at": meta.online_at, "info": {"n": 1}})
+            json!({"phx_ref": r1.to_string(), "node": "a@h", "online_at": v["online_at"], "info": {"n": 1}})
         );
     }
 
     #[test]
-    fn refs_read_back_packed_only_when_written_the_same() {
+    fn refs_read_back_only_when_written_as_headcount_writes_them() {
         let r = Refs::new("a/1").next();
-        let text = r.to_string();
-        assert!(matches!(Ref::parse(&text), Ref::Packed { .. }));
-        assert_eq!(Ref::parse(&text), r);
-        assert!(r.is(&text));
+        assert_eq!(Ref::parse(&r.to_string()), Some(r));
+        assert_eq!(
+            Ref::parse("1f.2a").map(|r| r.to_string()).as_deref(),
+            Some("1f.2a")
+        );
         for other in [
             "b1",
             "0a.1",
@@ -355,35 +357,47 @@ mod tests {
             ".1",
             "a.1.2",
             "1a2b3c4d5e6f7a8b9.1",
+            "",
         ] {
-            let parsed = Ref::parse(other);
-            assert!(matches!(parsed, Ref::Text(_)), "{other}");
-            assert_eq!(parsed.to_string(), other);
-            assert!(parsed.is(other));
+            assert_eq!(Ref::parse(other), None, "{other}");
         }
-        assert!(!Ref::parse("a.1").is("a.2"));
+        assert_ne!(Ref::parse("a.1"), Ref::parse("a.2"));
     }
 
     #[test]
     fn another_nodes_meta_renders_as_it_came() {
-        let r = Ref::parse("1f.2a");
+        let r = Ref::parse("1f.2a").unwrap();
         let json = |v: Value| RawValue::from_string(v.to_string()).unwrap();
-        let came = json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 7, "info": {"n": 1}, "meta": {"s": "x"}});
-        let meta = Meta::remote(Arc::from("k"), &r, json(came.clone()), "b@h", 3);
+        let came = json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 1764480000123u64, "info": {"n": 1}, "meta": {"s": "x"}});
+        let meta = Meta::remote(Arc::from("k"), r, json(came.clone()), "b@h", 3);
         assert!(
             meta.extra.as_ref().is_some_and(|e| e.raw.is_none()),
             "read into parts"
         );
+        assert_eq!(meta.node(), 3);
         assert_eq!(serde_json::to_value(meta.out(&r, "b@h")).unwrap(), came);
+        let plain = json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 7});
+        let meta = Meta::remote(Arc::from("k"), r, json(plain.clone()), "b@h", 3);
+        assert!(meta.extra.is_none(), "nothing boxed");
+        assert_eq!(serde_json::to_value(meta.out(&r, "b@h")).unwrap(), plain);
         // Not what a headcount renders (another field, another node's
-        // name, another ref): sent on as it came.
+        // name, another ref, a time past 48 bits): sent on as it came.
         for odd in [
             json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 7, "x": 1}),
             json!({"phx_ref": "1f.2a", "node": "c@h", "online_at": 7}),
             json!({"phx_ref": "1f.2b", "node": "b@h", "online_at": 7}),
+            json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 1u64 << 50}),
         ] {
-            let meta = Meta::remote(Arc::from("k"), &r, json(odd.clone()), "b@h", 3);
+            let meta = Meta::remote(Arc::from("k"), r, json(odd.clone()), "b@h", 3);
+            assert_eq!(meta.node(), 3);
             assert_eq!(serde_json::to_value(meta.out(&r, "b@h")).unwrap(), odd);
         }
+    }
+
+    #[test]
+    fn a_meta_is_small() {
+        // Held once per member on every node (issue 12's budget).
+        assert_eq!(std::mem::size_of::<Ref>(), 16);
+        assert_eq!(std::mem::size_of::<Meta>(), 32);
     }
 }

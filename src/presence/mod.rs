@@ -25,6 +25,7 @@ pub use meta::{joining, Joining, MetaTooLarge};
 
 use crate::globs::Globs;
 use crate::stats::to_json;
+use crate::throttle::Throttle;
 use meta::{Meta, Ref, Refs, LOCAL};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -125,6 +126,8 @@ pub struct Presence {
     changed: Notify,
     /// Wakes the cluster writer when local changes wait for it.
     outgoing_changed: Notify,
+    /// Rate-limits the warning about malformed changes from Redis.
+    complaints: Throttle,
 }
 
 /// A local meta, tracked while this value lives.
@@ -164,7 +167,7 @@ impl Topic {
                 json: render(&meta, &phx_ref, nodes),
             });
         }
-        if meta.node == LOCAL {
+        if meta.node() == LOCAL {
             self.local += 1;
         }
         if let Some(old) = self.metas.insert(phx_ref, meta) {
@@ -196,8 +199,8 @@ impl Topic {
         let gone: Vec<Ref> = self
             .metas
             .iter()
-            .filter(|(r, m)| m.node == id && !keep.is_some_and(|k| k.contains(*r)))
-            .map(|(r, _)| r.clone())
+            .filter(|(r, m)| m.node() == id && !keep.is_some_and(|k| k.contains(*r)))
+            .map(|(r, _)| *r)
             .collect();
         for phx_ref in gone {
             self.remove(&phx_ref, nodes, queue);
@@ -206,7 +209,7 @@ impl Topic {
 
     /// Whether node `id` has the meta `phx_ref` here.
     fn holds(&self, id: u16, phx_ref: &Ref) -> bool {
-        self.metas.get(phx_ref).is_some_and(|m| m.node == id)
+        self.metas.get(phx_ref).is_some_and(|m| m.node() == id)
     }
 
     fn forget(&mut self, meta: &Meta) {
@@ -219,7 +222,7 @@ impl Topic {
                 }
             }
         }
-        if meta.node == LOCAL {
+        if meta.node() == LOCAL {
             self.local -= 1;
         }
     }
@@ -232,7 +235,7 @@ impl Topic {
         let keys: HashSet<&Arc<str>> = self
             .metas
             .values()
-            .filter(|m| m.node == LOCAL)
+            .filter(|m| m.node() == LOCAL)
             .map(|m| &m.key)
             .collect();
         (u64::from(self.local), keys.len() as u64)
@@ -242,7 +245,7 @@ impl Topic {
 /// The META of `phx_ref` as phoenix.js receives it; `nodes` names the
 /// nodes by number.
 fn render(meta: &Meta, phx_ref: &Ref, nodes: &[Arc<str>]) -> Box<RawValue> {
-    let node = nodes.get(usize::from(meta.node)).map_or("", |n| &**n);
+    let node = nodes.get(usize::from(meta.node())).map_or("", |n| &**n);
     crate::stats::raw(to_json(&meta.out(phx_ref, node)))
 }
 
@@ -325,6 +328,7 @@ impl Presence {
             }),
             changed: Notify::new(),
             outgoing_changed: Notify::new(),
+            complaints: Throttle::new(),
         })
     }
 
@@ -398,7 +402,7 @@ impl Presence {
         let rendered: Vec<(&str, Box<RawValue>)> = entry
             .metas
             .iter()
-            .filter(|(_, m)| !inner.remote_hidden || m.node == LOCAL)
+            .filter(|(_, m)| !inner.remote_hidden || m.node() == LOCAL)
             .map(|(r, m)| (&*m.key, render(m, r, &inner.nodes)))
             .collect();
         to_json(&group(rendered.iter().map(|(k, j)| (*k, &**j))))
@@ -441,7 +445,7 @@ impl Presence {
         let mut all = Vec::new();
         for (topic, entry) in &inner.topics {
             for (phx_ref, meta) in &entry.metas {
-                if meta.node == LOCAL {
+                if meta.node() == LOCAL {
                     all.push(Outgoing {
                         topic: topic.clone(),
                         phx_ref: phx_ref.to_arc(),
@@ -492,16 +496,23 @@ impl Presence {
         if full {
             let mut keep: HashMap<&str, HashSet<Ref>> = HashMap::new();
             for c in changes.iter().filter(|c| c.join.is_some()) {
-                keep.entry(&c.topic)
-                    .or_default()
-                    .insert(Ref::parse(&c.phx_ref));
+                if let Some(phx_ref) = Ref::parse(&c.phx_ref) {
+                    keep.entry(&c.topic).or_default().insert(phx_ref);
+                }
             }
             for (topic, entry) in inner.topics.iter_mut() {
                 entry.remove_node(id, keep.get(&**topic), nodes, queue);
             }
         }
         for change in changes {
-            let phx_ref = Ref::parse(&change.phx_ref);
+            // Every node writes its refs one way: another text did not
+            // come from a node of this cluster.
+            let Some(phx_ref) = Ref::parse(&change.phx_ref) else {
+                if let Some(more) = self.complaints.allow() {
+                    tracing::warn!(%node, phx_ref = %change.phx_ref, suppressed = more, "a presence change with a malformed ref: ignored");
+                }
+                continue;
+            };
             match change.join {
                 Some((key, json)) => {
                     let entry = entry(&mut inner.topics, inner.hooks, &change.topic);
@@ -510,7 +521,7 @@ impl Presence {
                     if entry.holds(id, &phx_ref) {
                         continue;
                     }
-                    let meta = Meta::remote(key, &phx_ref, json, node, id);
+                    let meta = Meta::remote(key, phx_ref, json, node, id);
                     entry.add(phx_ref, meta, nodes, queue);
                 }
                 None => {
@@ -556,7 +567,7 @@ impl Presence {
             let changes: Vec<Change> = entry
                 .metas
                 .iter()
-                .filter(|(_, m)| m.node != LOCAL)
+                .filter(|(_, m)| m.node() != LOCAL)
                 .map(|(r, m)| Change {
                     join: show,
                     key: m.key.clone(),

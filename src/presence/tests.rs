@@ -137,10 +137,14 @@ fn remote_changes_snapshots_and_hiding_the_other_nodes() {
     p.apply_remote(
         "b@h",
         false,
-        vec![change("b1", Some("alice")), change("b2", Some("carol"))],
+        vec![change("b.1", Some("alice")), change("b.2", Some("carol"))],
     );
     c.apply(p.flush());
     assert_eq!(c.users(), [("alice".into(), 2), ("carol".into(), 1)]);
+    // A ref no headcount writes is not a change of this cluster.
+    p.apply_remote("b@h", false, vec![change("b-9", Some("eve"))]);
+    assert!(p.flush().is_empty());
+    assert!(!p.present("rooms:1", "eve"));
     assert_eq!(
         p.counts("rooms:1"),
         (3, 2),
@@ -150,12 +154,12 @@ fn remote_changes_snapshots_and_hiding_the_other_nodes() {
     p.apply_remote(
         "b@h",
         true,
-        vec![change("b1", Some("alice")), change("b3", Some("dave"))],
+        vec![change("b.1", Some("alice")), change("b.3", Some("dave"))],
     );
     let flushed = p.flush();
     assert_eq!(flushed.len(), 1);
     if let Flush::Diff(d) = &flushed[0].1 {
-        assert!(!d.contains("\"b1\""), "b1 was known: {d}");
+        assert!(!d.contains("\"b.1\""), "b1 was known: {d}");
     }
     c.apply(flushed);
     assert_eq!(c.users(), [("alice".into(), 2), ("dave".into(), 1)]);

@@ -197,6 +197,16 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
     let gone = counters.gone.load(Ordering::Relaxed);
     let expect = (m.opened as u64).saturating_sub(gone) + churn.holding();
     let (exact, _) = node::converge(eps, &topic, expect, Duration::from_secs(3)).await;
+    // What each node counted last, to tell a slow node from a wrong one.
+    let mut counted = Vec::new();
+    for ep in eps {
+        counted.push(match node::presence_stats(ep, &topic).await {
+            node::Kept::Yes { connections, users } => {
+                json!({"connections": connections, "users": users})
+            }
+            _ => Value::Null,
+        });
+    }
     churn.churners.clear();
     let members_report = m.report.clone();
     m.close().await;
@@ -255,7 +265,7 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
             "lost": b.flights.lost,
             "unanswered": b.flights.unanswered,
         },
-        "truth": {"expected": expect, "exact": exact},
+        "truth": {"expected": expect, "exact": exact, "counted": counted},
         "members_gone": gone,
         "memory": memory,
     }))
