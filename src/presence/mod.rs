@@ -352,7 +352,7 @@ impl Presence {
                 join: Some((meta.key.clone(), json)),
             });
         }
-        entry(&mut inner.topics, inner.hooks, topic).add(phx_ref.clone(), meta, &inner.nodes, true);
+        entry(&mut inner.topics, inner.hooks, topic).add(phx_ref, meta, &inner.nodes, true);
         drop(guard);
         self.changed.notify_one();
         if self.clustered {
