@@ -74,6 +74,7 @@ summary() { # summary OUT: medians (and the rounds' values) of every figure
     med "p3-*" .cpu.server_us_per_delivery
     med "p3-*" .state.join_to_state_us
     med "p3-*" .memory.bytes_per_presence_member
+    med "p3-*" .memory.bytes_per_meta_held
     med "p3-*" .truth.exact
   fi
   if ls "$OUT"/wh-*.json >/dev/null 2>&1; then

@@ -1,7 +1,8 @@
 //! `bench presence`'s memory comparison (with `--server-pid`): before the
 //! presence members join, the same N sockets in the same layout join the
 //! plain topic (allowed, not a presence topic); each node's RSS is read
-//! `--settle` s after they have all joined, then they close and the run
+//! once steady, at least `--settle` s after they have all joined
+//! (`node::steady_rss`), then they close and the run
 //! waits for the nodes' socket counts to come back. The presence phase is
 //! read the same way once the presence members have joined. Plain first:
 //! the allocator keeps what the plain sockets freed, and the presence
@@ -11,6 +12,8 @@
 //! to it. With every node's pid, Σ extra / N is what one presence member
 //! costs the cluster beyond a plain membership (its meta is held on every
 //! node); with one node, it is the brief's (RSS_presence − RSS_plain) / N.
+//! Each node's extra over the N metas it holds (every member's) is what a
+//! meta costs where it is held: with one node, the same figure.
 
 use super::super::measure;
 use super::members::{self, Counters};
@@ -52,8 +55,7 @@ pub(super) async fn plain_phase(
         m.close().await;
         return Err(format!("plain members did not all join: {report}"));
     }
-    tokio::time::sleep(Duration::from_secs_f64(args.settle.max(0.0))).await;
-    let rss = node::rss_all(pids);
+    let (rss, waited) = node::steady_rss(pids, args.settle).await;
     let report = m.report.clone();
     m.close().await;
     // Back to where the nodes were before.
@@ -64,7 +66,7 @@ pub(super) async fn plain_phase(
     }
     Ok(Plain {
         rss,
-        report: json!({"topic": topic, "members": report["opened"], "seconds": report["seconds"]}),
+        report: json!({"topic": topic, "members": report["opened"], "seconds": report["seconds"], "rss_read_after_s": waited}),
     })
 }
 
@@ -76,7 +78,9 @@ pub(super) fn compare(
     per_node: &[usize],
 ) -> Value {
     let mut nodes = Vec::new();
-    let (mut extra_all, mut members_all) = (0i64, 0u64);
+    let (mut extra_all, mut members_all, mut measured) = (0i64, 0u64, 0i64);
+    // Every node holds every member's meta.
+    let held = per_node.iter().sum::<usize>() as i64;
     for (i, &after) in presence.iter().enumerate() {
         let extra = match (plain.get(i).copied().flatten(), after) {
             (Some(a), Some(b)) => Some(b as i64 - a as i64),
@@ -86,6 +90,7 @@ pub(super) fn compare(
         if let Some(e) = extra {
             extra_all += e;
             members_all += members;
+            measured += 1;
         }
         nodes.push(json!({
             "before": before.get(i).copied().flatten(),
@@ -94,11 +99,13 @@ pub(super) fn compare(
             "local_members": members,
             "extra_bytes": extra,
             "per_local_member": extra.and_then(|e| (members > 0).then(|| e / members as i64)),
+            "per_meta_held": extra.and_then(|e| (held > 0).then(|| e / held)),
         }));
     }
     json!({
         "nodes": nodes,
         "bytes_per_presence_member": (members_all > 0).then(|| extra_all / members_all as i64),
+        "bytes_per_meta_held": (measured > 0 && held > 0).then(|| extra_all / (measured * held)),
         "members_counted": members_all,
     })
 }
@@ -119,6 +126,9 @@ mod tests {
         assert_eq!(r["nodes"][0]["per_local_member"], 3000);
         assert!(r["nodes"][1]["extra_bytes"].is_null());
         assert_eq!(r["bytes_per_presence_member"], 3000);
+        // Both nodes' members' metas are held on node 0.
+        assert_eq!(r["nodes"][0]["per_meta_held"], 1500);
+        assert_eq!(r["bytes_per_meta_held"], 1500);
         assert_eq!(r["members_counted"], 100);
         let none = compare(&[None], &[None], &[None], &[5]);
         assert!(none["bytes_per_presence_member"].is_null());

@@ -6,7 +6,8 @@
 //!    (`memory`): N sockets on a plain topic, RSS read, closed.
 //! 2. N members join the presence topic, member i on node i mod n with
 //!    `user_id` `u<i>` (`members`); the run waits until every node counts
-//!    N users, then (`--settle` s later) reads the RSS again.
+//!    N users, then (once steady, `--settle` s later at least) reads the
+//!    RSS again.
 //! 3. On the quiet first node, a probe times its join to its
 //!    `presence_state` (`probe`): the encode time's upper bound, the size.
 //! 4. Churn phase, `--duration` s: churners on the first node join (fresh
@@ -124,16 +125,18 @@ pub(super) async fn run(args: &BenchArgs, eps: &[Endpoint]) -> Result<Value, Ben
         return Err(failed(format!("no member could join {topic}: {errors}")));
     }
     let (converged, converge_s) = node::converge(eps, &topic, m.opened as u64, CONVERGE).await;
-    if with_pids {
-        tokio::time::sleep(Duration::from_secs_f64(args.settle.max(0.0))).await;
-    }
-    let rss_presence = node::rss_all(&pids);
+    let (rss_presence, rss_waited) = if with_pids {
+        node::steady_rss(&pids, args.settle).await
+    } else {
+        (node::rss_all(&pids), 0.0)
+    };
     let memory = match &plain {
         None => json!({"skipped": "no --server-pid"}),
         Some(Err(why)) => json!({"skipped": why}),
         Some(Ok(p)) => {
             let mut r = memory::compare(&rss_before, &p.rss, &rss_presence, &m.per_node);
             r["plain"] = p.report.clone();
+            r["rss_read_after_s"] = json!(rss_waited);
             r
         }
     };

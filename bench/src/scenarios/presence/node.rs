@@ -97,6 +97,40 @@ pub(in crate::scenarios) fn rss_all(pids: &[Option<u32>]) -> Vec<Option<u64>> {
     pids.iter().map(|p| p.and_then(rss_of)).collect()
 }
 
+/// Longest `steady_rss` waits past `settle` for the RSS to stop moving.
+const STEADY_WITHIN: Duration = Duration::from_secs(30);
+
+/// Each node's RSS once it is steady: read every second from `settle`
+/// on, until no node's moved more than 1 % over the last 3 s (the
+/// allocator gives freed pages back over seconds after a burst, so one
+/// reading at a fixed time catches part of the burst); at most
+/// `STEADY_WITHIN` more. Returns the readings and the seconds waited.
+pub(in crate::scenarios) async fn steady_rss(
+    pids: &[Option<u32>],
+    settle: f64,
+) -> (Vec<Option<u64>>, f64) {
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(settle.max(0.0))).await;
+    let mut window: Vec<Vec<Option<u64>>> = vec![rss_all(pids)];
+    let past = start.elapsed();
+    let steady = |w: &[Vec<Option<u64>>]| {
+        w.len() >= 4
+            && (0..pids.len()).all(|i| {
+                let v: Vec<u64> = w[w.len() - 4..].iter().filter_map(|r| r[i]).collect();
+                match (v.iter().min(), v.iter().max()) {
+                    (Some(&lo), Some(&hi)) => (hi - lo) * 100 <= lo,
+                    _ => true,
+                }
+            })
+    };
+    while !steady(&window) && start.elapsed() < past + STEADY_WITHIN {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        window.push(rss_all(pids));
+    }
+    let last = window.pop().unwrap_or_default();
+    (last, start.elapsed().as_secs_f64())
+}
+
 /// CPU seconds of each node process (None without its pid).
 pub(in crate::scenarios) fn cpu_all(pids: &[Option<u32>]) -> Vec<Option<f64>> {
     pids.iter()

@@ -107,8 +107,9 @@ pub(in super::super) fn summary(r: &Value, line: &mut impl FnMut(String)) {
                 })
                 .unwrap_or_default();
             line(format!(
-                "  memory per presence member beyond a plain membership: {} B ({})",
+                "  memory per presence member beyond a plain membership: {} B, {} B per meta held on a node ({})",
                 mem["bytes_per_presence_member"],
+                mem["bytes_per_meta_held"],
                 nodes.join("; ")
             ));
         }
