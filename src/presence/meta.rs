@@ -170,10 +170,11 @@ struct Extra {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Incoming<'a> {
-    #[serde(borrow)]
-    phx_ref: Cow<'a, str>,
-    #[serde(borrow)]
-    node: Cow<'a, str>,
+    // Read for the shape only: the parts are checked by rendering them back.
+    #[serde(borrow, rename = "phx_ref")]
+    _phx_ref: Cow<'a, str>,
+    #[serde(borrow, rename = "node")]
+    _node: Cow<'a, str>,
     online_at: u64,
     info: Option<Box<RawValue>>,
     meta: Option<Box<RawValue>>,
@@ -195,45 +196,45 @@ impl Meta {
         }
     }
 
-    /// Node `id`'s META `json` for `phx_ref`, read into its parts when it
-    /// is what `name` renders; else kept as it came.
+    /// Node `id`'s META `json` for `phx_ref`, read into its parts when they
+    /// render back to exactly `json` (what `name` renders); else kept as it
+    /// came.
     pub fn remote(key: Arc<str>, phx_ref: Ref, json: Box<RawValue>, name: &str, id: u16) -> Meta {
         let parts = serde_json::from_str::<Incoming>(json.get())
             .ok()
-            .filter(|m| {
-                Ref::parse(&m.phx_ref) == Some(phx_ref)
-                    && m.node == name
-                    && m.online_at <= MAX_ONLINE_AT
+            .filter(|m| m.online_at <= MAX_ONLINE_AT);
+        if let Some(Incoming {
+            online_at,
+            info,
+            meta,
+            ..
+        }) = parts
+        {
+            let extra = (info.is_some() || meta.is_some()).then(|| {
+                Box::new(Extra {
+                    info: info.map(Arc::from),
+                    meta,
+                    raw: None,
+                })
             });
-        let (online_at, extra) = match parts {
-            Some(Incoming {
-                online_at,
-                info,
-                meta,
-                ..
-            }) => {
-                let extra = (info.is_some() || meta.is_some()).then(|| {
-                    Box::new(Extra {
-                        info: info.map(Arc::from),
-                        meta,
-                        raw: None,
-                    })
-                });
-                (online_at, extra)
+            let parted = Meta {
+                key: key.clone(),
+                at_node: (online_at << 16) | u64::from(id),
+                extra,
+            };
+            // The same text, so every node shows a member the same META.
+            if crate::stats::to_json(&parted.out(&phx_ref, name)) == json.get() {
+                return parted;
             }
-            None => (
-                0,
-                Some(Box::new(Extra {
-                    info: None,
-                    meta: None,
-                    raw: Some(json),
-                })),
-            ),
-        };
+        }
         Meta {
             key,
-            at_node: (online_at << 16) | u64::from(id),
-            extra,
+            at_node: u64::from(id),
+            extra: Some(Box::new(Extra {
+                info: None,
+                meta: None,
+                raw: Some(json),
+            })),
         }
     }
 
@@ -367,30 +368,38 @@ mod tests {
     #[test]
     fn another_nodes_meta_renders_as_it_came() {
         let r = Ref::parse("1f.2a").unwrap();
-        let json = |v: Value| RawValue::from_string(v.to_string()).unwrap();
-        let came = json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 1764480000123u64, "info": {"n": 1}, "meta": {"s": "x"}});
-        let meta = Meta::remote(Arc::from("k"), r, json(came.clone()), "b@h", 3);
-        assert!(
-            meta.extra.as_ref().is_some_and(|e| e.raw.is_none()),
-            "read into parts"
-        );
-        assert_eq!(meta.node(), 3);
-        assert_eq!(serde_json::to_value(meta.out(&r, "b@h")).unwrap(), came);
-        let plain = json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 7});
-        let meta = Meta::remote(Arc::from("k"), r, json(plain.clone()), "b@h", 3);
-        assert!(meta.extra.is_none(), "nothing boxed");
-        assert_eq!(serde_json::to_value(meta.out(&r, "b@h")).unwrap(), plain);
-        // Not what a headcount renders (another field, another node's
-        // name, another ref, a time past 48 bits): sent on as it came.
-        for odd in [
-            json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 7, "x": 1}),
-            json!({"phx_ref": "1f.2a", "node": "c@h", "online_at": 7}),
-            json!({"phx_ref": "1f.2b", "node": "b@h", "online_at": 7}),
-            json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 1u64 << 50}),
+        // As a headcount renders them (`Rendered`): kept as parts.
+        for came in [
+            r#"{"phx_ref":"1f.2a","node":"b@h","online_at":1764480000123,"info":{"n":1},"meta":{"s":"x"}}"#,
+            r#"{"phx_ref":"1f.2a","node":"b@h","online_at":7,"meta":{"s":"x"}}"#,
+            r#"{"phx_ref":"1f.2a","node":"b@h","online_at":7}"#,
         ] {
-            let meta = Meta::remote(Arc::from("k"), r, json(odd.clone()), "b@h", 3);
+            let raw = RawValue::from_string(came.to_owned()).unwrap();
+            let meta = Meta::remote(Arc::from("k"), r, raw, "b@h", 3);
+            assert!(
+                meta.extra.as_ref().is_none_or(|e| e.raw.is_none()),
+                "{came}"
+            );
             assert_eq!(meta.node(), 3);
-            assert_eq!(serde_json::to_value(meta.out(&r, "b@h")).unwrap(), odd);
+            assert_eq!(crate::stats::to_json(&meta.out(&r, "b@h")), came);
+        }
+        // Not what a headcount renders (another field, another node's
+        // name, another ref, a time past 48 bits, a null, another order or
+        // spacing): sent on as it came, to the byte.
+        let texts = [
+            json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 7, "x": 1}).to_string(),
+            json!({"phx_ref": "1f.2a", "node": "c@h", "online_at": 7}).to_string(),
+            json!({"phx_ref": "1f.2b", "node": "b@h", "online_at": 7}).to_string(),
+            json!({"phx_ref": "1f.2a", "node": "b@h", "online_at": 1u64 << 50}).to_string(),
+            r#"{"phx_ref":"1f.2a","node":"b@h","online_at":7,"info":null}"#.to_owned(),
+            r#"{"node":"b@h","phx_ref":"1f.2a","online_at":7}"#.to_owned(),
+            r#"{"phx_ref": "1f.2a","node":"b@h","online_at":7}"#.to_owned(),
+        ];
+        for odd in texts {
+            let raw = RawValue::from_string(odd.clone()).unwrap();
+            let meta = Meta::remote(Arc::from("k"), r, raw, "b@h", 3);
+            assert_eq!(meta.node(), 3);
+            assert_eq!(crate::stats::to_json(&meta.out(&r, "b@h")), odd);
         }
     }
 
