@@ -19,11 +19,17 @@ use std::io::Write as _;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc purges freed pages only when it is called, unless a background
-/// thread does it: without one an idle node never gives memory back.
+/// thread does it: without one an idle node never gives memory back. Two
+/// arenas, not jemalloc's four per core: a node's allocations come from
+/// tokio's workers, and every arena keeps partly used pages of its own, so
+/// the default spread a node's memory thinner (a presence member cost
+/// 230–340 B of RSS with it, 200–210 B with one or two arenas, at the same
+/// fan-out and connect rates; BENCHMARKS.md). A machine with many cores can
+/// ask for more at start: `_RJEM_MALLOC_CONF=narenas:N`.
 #[cfg(feature = "jemalloc")]
 #[export_name = "_rjem_malloc_conf"]
-pub static JEMALLOC_CONF: &[u8; 60] =
-    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static JEMALLOC_CONF: &[u8; 70] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2\0";
 
 #[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
 #[global_allocator]
