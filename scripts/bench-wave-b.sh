@@ -231,6 +231,17 @@ serve() { # serve PORT NAME ARGS... → LAST_PID; waits until it listens
   echo "node $name on $port did not start: $(tail -3 "$OUT/$name.err")" >&2
   exit 1
 }
+serve_three() { # serve_three BASE NAME REDIS_PORT ARGS... → np; all three in one cluster
+  local base=$1 name=$2 rport=$3 i
+  shift 3
+  np=()
+  for i in 0 1 2; do
+    serve $((base + i)) "${name}n$i" --redis "redis://127.0.0.1:$rport" \
+      --redis-prefix "$name.$$" "$@" "${NO_LIMITS[@]}"
+    np+=("$LAST_PID")
+  done
+  cluster_size_is 3 127.0.0.1:$base 127.0.0.1:$((base + 1)) 127.0.0.1:$((base + 2))
+}
 stop_nodes() { # stop_nodes PID... (SIGTERM, wait up to 10 s)
   local p
   for p in "$@"; do kill "$p" 2>/dev/null || true; done
@@ -282,13 +293,7 @@ for phase in $PHASES; do
     base=$(take_ports 21430 3)
     start_redis "$rport" p3-redis
     for r in $(seq "$ROUNDS"); do
-      np=()
-      for i in 0 1 2; do
-        serve $((base + i)) "p3r${r}n$i" --redis "redis://127.0.0.1:$rport" \
-          --redis-prefix "p3r$r.$$" --presence-topic 'bench:presence*' "${NO_LIMITS[@]}"
-        np+=("$LAST_PID")
-      done
-      cluster_size_is 3 127.0.0.1:$base 127.0.0.1:$((base + 1)) 127.0.0.1:$((base + 2))
+      serve_three "$base" "p3r$r" "$rport" --presence-topic 'bench:presence*'
       bench "p3-$r" presence --url "127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))" \
         --sockets 9000 --rate 50 --duration 30 --server-pid "${np[0]},${np[1]},${np[2]}" \
         --settle 5 --timeout 300
@@ -302,14 +307,8 @@ for phase in $PHASES; do
     whport=$(take_ports 21460 1)
     start_redis "$rport" wh-redis
     for r in $(seq "$ROUNDS"); do
-      np=()
-      for i in 0 1 2; do
-        serve $((base + i)) "whr${r}n$i" --redis "redis://127.0.0.1:$rport" \
-          --redis-prefix "whr$r.$$" --webhook-url "http://127.0.0.1:$whport/hook" \
-          --webhook-secret "$WH_SECRET" --webhook-vacate-delay-ms 3000 "${NO_LIMITS[@]}"
-        np+=("$LAST_PID")
-      done
-      cluster_size_is 3 127.0.0.1:$base 127.0.0.1:$((base + 1)) 127.0.0.1:$((base + 2))
+      serve_three "$base" "whr$r" "$rport" --webhook-url "http://127.0.0.1:$whport/hook" \
+        --webhook-secret "$WH_SECRET" --webhook-vacate-delay-ms 3000
       bench "wh-$r" webhooks --url "127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))" \
         --topics 10000 --duration 60 --hold 5 --webhook-secret "$WH_SECRET" \
         --webhook-vacate-delay-ms 3000 --receiver-bind "127.0.0.1:$whport" --timeout 300

@@ -22,7 +22,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// thread does it: without one an idle node never gives memory back. Two
 /// arenas, not jemalloc's four per core: a node's allocations come from
 /// tokio's workers, and every arena keeps partly used pages of its own, so
-/// the default spread a node's memory thinner (a presence member cost
+/// the default spreads a node's memory over more of them (a presence member cost
 /// 230–340 B of RSS with it, 200–210 B with one or two arenas, at the same
 /// fan-out and connect rates; BENCHMARKS.md). A machine with many cores can
 /// ask for more at start: `_RJEM_MALLOC_CONF=narenas:N`.

@@ -4,6 +4,9 @@
 //! exact, nothing lost, churn back to baseline, count checks skipped and
 //! said so where there are no stats). Nothing here asserts speed.
 
+mod common;
+
+use common::NO_LIMITS;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,19 +14,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_headcount");
-
-/// The per-socket limits (SPEC §8.4) raised out of the way: the scenarios
-/// send far more joins and messages per socket than a browser would.
-const NO_LIMITS: [&str; 8] = [
-    "--max-messages-per-second",
-    "1000000",
-    "--max-messages-burst",
-    "1000000",
-    "--max-joins-per-second",
-    "1000000",
-    "--max-joins-burst",
-    "1000000",
-];
 
 /// A server process on a free port (a node or the floor server); killed
 /// when dropped.

@@ -107,7 +107,7 @@ impl Health {
     }
 
     /// A command came back.
-    pub fn answered(&self) {
+    fn answered(&self) {
         self.answered.fetch_max(self.now_ms(), Ordering::SeqCst);
     }
 
@@ -169,9 +169,10 @@ pub fn describe(e: &::redis::RedisError) -> String {
 }
 
 /// Sends one request of `commands` commands to Redis: counted, bounded by
-/// [`COMMAND_TIMEOUT`], its failure (a Redis error or no answer in time)
-/// told in a short line and marking Redis down (`Health::failed`) — the
-/// same for every read and write of the backend.
+/// [`COMMAND_TIMEOUT`], its answer noted (`Health::answered`), its failure
+/// (a Redis error or no answer in time) told in a short line and marking
+/// Redis down (`Health::failed`) — the same for every read and write of
+/// the backend.
 pub async fn bounded<T>(
     redis: &RedisBackend,
     commands: u64,
@@ -183,8 +184,9 @@ pub async fn bounded<T>(
         Err(_) => Err("redis unreachable or slower than 500 ms".to_owned()),
         Ok(reply) => reply.map_err(|e| describe(&e)),
     };
-    if let Err(why) = &outcome {
-        redis.health.failed(sent, why);
+    match &outcome {
+        Ok(_) => redis.health.answered(),
+        Err(why) => redis.health.failed(sent, why),
     }
     outcome
 }
@@ -394,9 +396,7 @@ async fn probe(redis: Arc<RedisBackend>) {
         let mut conn = redis.conn.clone();
         let mut ping = ::redis::cmd("EXISTS");
         ping.arg(&redis.keys.meta);
-        if bounded(&redis, 1, ping.exec_async(&mut conn)).await.is_ok() {
-            redis.health.answered();
-        }
+        let _ = bounded(&redis, 1, ping.exec_async(&mut conn)).await;
     }
 }
 

@@ -26,18 +26,7 @@ pub async fn names(redis: &RedisBackend) -> Result<Vec<String>, String> {
     let mut conn = redis.conn.clone();
     let mut cmd = ::redis::cmd("ZRANGE");
     cmd.arg(&redis.keys.registry).arg(0).arg(-1);
-    read(redis, 1, cmd.query_async::<Vec<String>>(&mut conn)).await
-}
-
-/// A read of `commands` commands; an answer counts as Redis being up.
-async fn read<T>(
-    redis: &RedisBackend,
-    commands: u64,
-    request: impl std::future::Future<Output = ::redis::RedisResult<T>>,
-) -> Result<T, String> {
-    let answer = bounded(redis, commands, request).await?;
-    redis.health.answered();
-    Ok(answer)
+    bounded(redis, 1, cmd.query_async::<Vec<String>>(&mut conn)).await
 }
 
 /// Which write of which process a snapshot holds.
@@ -53,7 +42,7 @@ pub async fn last_write(redis: &RedisBackend, node: &str) -> Result<Option<LastW
     let mut cmd = ::redis::cmd("HGETALL");
     cmd.arg(&meta_key);
     let mut conn = redis.conn.clone();
-    let meta: HashMap<String, String> = read(redis, 1, cmd.query_async(&mut conn)).await?;
+    let meta: HashMap<String, String> = bounded(redis, 1, cmd.query_async(&mut conn)).await?;
     if meta.is_empty() {
         return Ok(None);
     }
@@ -93,7 +82,8 @@ pub async fn snapshot(redis: &RedisBackend, node: &str) -> Result<Option<Snapsho
         HashMap<String, String>,
         Vec<u64>,
     );
-    let (meta, topics, presence, time): Reply = read(redis, 4, pipe.query_async(&mut conn)).await?;
+    let (meta, topics, presence, time): Reply =
+        bounded(redis, 4, pipe.query_async(&mut conn)).await?;
     if meta.is_empty() {
         // Gone: drop it from the registry too, so later starts skip it.
         let mut cmd = ::redis::cmd("ZREM");

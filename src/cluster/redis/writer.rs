@@ -161,7 +161,6 @@ pub async fn flush(redis: &RedisBackend) -> bool {
         Ok(Outcome::Written) => {
             written.synced = true;
             written.failed = false;
-            redis.health.answered();
             redis.health.up();
             announce(redis, &delta).await;
             true
